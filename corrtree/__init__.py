@@ -1,0 +1,22 @@
+"""corrtree: exact sparse training of wide shifted-ReLU layers with weight-data correlation
+trees (Alman, Liang, Song, Zhang, Zhuo, NeurIPS 2023)."""
+
+from .engines import ENGINES
+from .model import ShiftedReLUNet, default_threshold, firing_probability, normalize_rows
+from .train import History, train
+from .trees import CorrelationDTree, CorrelationWTree
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENGINES",
+    "CorrelationDTree",
+    "CorrelationWTree",
+    "History",
+    "ShiftedReLUNet",
+    "__version__",
+    "default_threshold",
+    "firing_probability",
+    "normalize_rows",
+    "train",
+]

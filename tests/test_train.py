@@ -1,0 +1,189 @@
+"""Every engine must follow the dense float64 trajectory after every step."""
+
+import numpy as np
+import pytest
+from conftest import unit_rows
+
+import corrtree as ct
+from corrtree.train import batch_schedule
+
+pytestmark = pytest.mark.boundscheck
+
+SPARSE_ENGINES = [e for e in ct.ENGINES if e != "dense"]
+
+
+def run(
+    engine, X, y, *, width, steps, lr, threshold=None, seed=3, n_outputs=1, dtype=np.float64, **kw
+):
+    net = ct.ShiftedReLUNet(
+        X.shape[1], width, threshold=threshold, seed=seed, n_outputs=n_outputs, dtype=dtype
+    )
+    weights = []
+    hist = ct.train(
+        net,
+        X,
+        y,
+        steps=steps,
+        lr=lr,
+        engine=engine,
+        callback=lambda t, net, info: weights.append(net.W.copy()),
+        **kw,
+    )
+    return net, hist, weights
+
+
+def assert_same_trajectory(engine, X, y, **kw):
+    _, h_ref, w_ref = run("dense", X, y, **kw)
+    _, h, w = run(engine, X, y, **kw)
+    assert len(w) == len(w_ref) == kw["steps"]
+    for t, (a, b) in enumerate(zip(w, w_ref, strict=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+    np.testing.assert_allclose(h.loss, h_ref.loss, rtol=1e-9, atol=1e-12)
+    assert h.fired_pairs == h_ref.fired_pairs
+    assert h.changed_neurons == h_ref.changed_neurons
+    return h_ref
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+@pytest.mark.parametrize("n,d,width", [(1, 3, 40), (30, 8, 257), (64, 5, 1024), (20, 1, 33)])
+def test_engines_match_dense_every_step(engine, n, d, width, rng):
+    X = unit_rows(rng, n, d)
+    y = rng.standard_normal(n)
+    h = assert_same_trajectory(engine, X, y, width=width, steps=6, lr=0.7)
+    assert h.loss[-1] < h.loss[0]
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_no_neuron_fires(engine, rng):
+    X = unit_rows(rng, 10, 4)
+    y = rng.standard_normal(10)
+    net0 = ct.ShiftedReLUNet(4, 50, threshold=100.0, seed=0)
+    W0 = net0.W.copy()
+    net, h, _ = run(engine, X, y, width=50, steps=3, lr=1.0, threshold=100.0, seed=0)
+    assert h.fired_pairs == [0, 0, 0] and h.changed_neurons == [0, 0, 0]
+    np.testing.assert_array_equal(net.W, W0)
+    assert h.loss[0] == pytest.approx(0.5 * np.sum(y**2))
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_every_neuron_fires(engine, rng):
+    X = unit_rows(rng, 12, 3)
+    y = rng.standard_normal(12)
+    # threshold 0 with all-positive weights and data: every pair fires
+    X = np.abs(X)
+    net = ct.ShiftedReLUNet(3, 20, threshold=0.0, seed=0)
+    net.W = np.abs(net.W) + 0.1
+    ref = ct.ShiftedReLUNet(3, 20, threshold=0.0, seed=0)
+    ref.W = net.W.copy()
+    h = ct.train(net, X, y, steps=4, lr=0.05, engine=engine)
+    h_ref = ct.train(ref, X, y, steps=4, lr=0.05, engine="dense")
+    assert h.fired_pairs[0] == 12 * 20
+    np.testing.assert_allclose(net.W, ref.W, rtol=1e-9)
+    np.testing.assert_allclose(h.loss, h_ref.loss, rtol=1e-9)
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_small_integer_ties(engine, rng):
+    # Integer data and weights: correlations land exactly on the threshold b = 1.
+    X = rng.integers(-1, 2, size=(15, 4)).astype(float)
+    y = rng.integers(-2, 3, size=15).astype(float)
+    net = ct.ShiftedReLUNet(4, 30, threshold=1.0, seed=0)
+    net.W = rng.integers(-2, 3, size=(30, 4)).astype(float)
+    ref = ct.ShiftedReLUNet(4, 30, threshold=1.0, seed=0)
+    ref.W = net.W.copy()
+    h = ct.train(net, X, y, steps=1, lr=0.25, engine=engine)
+    h_ref = ct.train(ref, X, y, steps=1, lr=0.25, engine="dense")
+    assert h.fired_pairs == h_ref.fired_pairs
+    np.testing.assert_allclose(net.W, ref.W, rtol=1e-12)
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_multi_output_matches_dense(engine, rng):
+    X = unit_rows(rng, 25, 6)
+    Y = rng.standard_normal((25, 3))
+    assert_same_trajectory(engine, X, Y, width=300, steps=5, lr=0.5, n_outputs=3)
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_minibatch_sgd_matches_dense(engine, rng):
+    X = unit_rows(rng, 37, 5)
+    y = rng.standard_normal(37)
+    h = assert_same_trajectory(engine, X, y, width=200, steps=9, lr=0.5, batch_size=8, seed=4)
+    assert h.batch_size == 8
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_float32_close_to_float64(engine, rng):
+    X = unit_rows(rng, 40, 6)
+    y = rng.standard_normal(40)
+    _, h64, _ = run("dense", X, y, width=500, steps=5, lr=0.5)
+    net, h32, _ = run(engine, X, y, width=500, steps=5, lr=0.5, dtype=np.float32)
+    assert net.W.dtype == np.float32
+    np.testing.assert_allclose(h32.loss, h64.loss, rtol=1e-4)
+
+
+def test_dense_engine_is_the_formula(rng):
+    """The reference itself against the paper's gradient written out pair by pair."""
+    n, d, m, b, lr = 6, 3, 9, 0.2, 0.3
+    X = unit_rows(rng, n, d)
+    y = rng.standard_normal(n)
+    net = ct.ShiftedReLUNet(d, m, threshold=b, seed=1)
+    W, a = net.W.copy(), net.a.copy()
+    f = np.array([sum(a[r] * max(W[r] @ X[i] - b, 0) for r in range(m)) for i in range(n)])
+    f /= np.sqrt(m)
+    np.testing.assert_allclose(net.predict(X), f, rtol=1e-12)
+    g = np.zeros_like(W)
+    for r in range(m):
+        for i in range(n):
+            if W[r] @ X[i] > b:
+                g[r] += (f[i] - y[i]) * X[i]
+        g[r] *= a[r] / np.sqrt(m)
+    h = ct.train(net, X, y, steps=1, lr=lr)
+    assert h.loss[0] == pytest.approx(0.5 * np.sum((f - y) ** 2), rel=1e-12)
+    np.testing.assert_allclose(net.W, W - lr * g, rtol=1e-12, atol=1e-15)
+    assert net.loss(X, y) < h.loss[0]
+
+
+def test_batch_schedule_covers_each_epoch():
+    batches = list(batch_schedule(10, 4, steps=6, seed=0))
+    assert [b.size for b in batches] == [4, 4, 2, 4, 4, 2]
+    for e in range(2):
+        np.testing.assert_array_equal(
+            np.sort(np.concatenate(batches[3 * e : 3 * e + 3])), np.arange(10)
+        )
+    resumed = list(batch_schedule(10, 4, steps=6, seed=0, start=4))
+    for a, b in zip(resumed, batches[4:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(batch_schedule(5, None, 3)) == [None] * 3
+
+
+def test_epochs(rng):
+    X = unit_rows(rng, 10, 3)
+    y = rng.standard_normal(10)
+    net = ct.ShiftedReLUNet(3, 30)
+    assert ct.train(net, X, y, epochs=2, lr=0.1, batch_size=4).steps == 6
+    assert ct.train(net, X, y, epochs=2, lr=0.1).steps == 2
+
+
+def test_train_errors(rng):
+    X = unit_rows(rng, 10, 3)
+    y = rng.standard_normal(10)
+    net = ct.ShiftedReLUNet(3, 30)
+    with pytest.raises(ValueError, match="X has 4 features but the network was built for d=3"):
+        ct.train(net, unit_rows(rng, 10, 4), y, steps=1, lr=0.1)
+    with pytest.raises(ValueError, match=r"y has shape \(9, 1\)"):
+        ct.train(net, X, y[:9], steps=1, lr=0.1)
+    yn = y.copy()
+    yn[2] = np.nan
+    with pytest.raises(ValueError, match="y contains 1 non-finite"):
+        ct.train(net, X, yn, steps=1, lr=0.1)
+    with pytest.raises(ValueError, match="unknown engine 'fast'"):
+        ct.train(net, X, y, steps=1, lr=0.1, engine="fast")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        ct.train(net, X, y, steps=1, lr=-1)
+    with pytest.raises(ValueError, match="exactly one of steps and epochs"):
+        ct.train(net, X, y, lr=0.1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ct.train(net, X, y, steps=1, lr=0.1, batch_size=0)
+    with pytest.raises(MemoryError, match="CorrelationDTree"):
+        ct.train(net, X, y, steps=1, lr=0.1, engine="dtree", max_memory=100)
