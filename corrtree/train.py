@@ -144,6 +144,7 @@ def train(
         try:
             for t, rows in enumerate(batches, start=start_step):
                 info = eng.step(lr, rows)
+                info.rows = rows
                 hist.append(info)
                 if bar is not None:
                     bar.set_postfix(

@@ -21,6 +21,8 @@ class StepInfo:
     fired_pairs: int
     changed_neurons: int
     seconds: dict[str, float] = field(default_factory=dict)
+    outputs: np.ndarray | None = field(default=None, repr=False)  # batch outputs, pre-step
+    rows: np.ndarray | None = field(default=None, repr=False)  # the batch (None: all points)
 
 
 class Engine:
@@ -97,4 +99,5 @@ class SparseEngine(Engine):
             int(idx.size),
             int(neurons.size),
             dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)),
+            F,
         )

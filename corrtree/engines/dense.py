@@ -23,7 +23,8 @@ class DenseEngine(Engine):
         mask = Z > self.b
         t1 = time.perf_counter()
         H = np.where(mask, Z - self.b, 0).astype(net.dtype, copy=False)
-        E = (H @ net._A) * self.scale - Y
+        F = (H @ net._A) * self.scale
+        E = F - Y
         loss = 0.5 * float(np.sum(E.astype(np.float64) ** 2))
         t2 = time.perf_counter()
         coef = np.where(mask, (E @ net._A.T) * self.scale, 0).astype(net.dtype, copy=False)
@@ -41,4 +42,5 @@ class DenseEngine(Engine):
             pairs,
             changed,
             dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)),
+            F,
         )

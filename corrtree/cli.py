@@ -1,0 +1,195 @@
+"""The ``corrtree`` command line. Subcommands import their heavy parts lazily."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+
+_ERRORS = (ValueError, TypeError, IndexError, FileNotFoundError, MemoryError, KeyError)
+
+
+def _positive(v: str) -> int:
+    try:
+        k = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {k}")
+    return k
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .engines import ENGINES
+
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        help="synthetic, digits, fashion-mnist, svmlight:PATH or npz:PATH "
+        "(arrays X, y) (default: digits)",
+    )
+    g.add_argument("--n", type=_positive, help="use the first N points (synthetic: N points)")
+    g.add_argument("--d", type=_positive, default=32, help="synthetic input dimension")
+    g.add_argument(
+        "--data-dir",
+        help="folder with Fashion-MNIST's idx.gz files "
+        "(default: /usr/share/datasets/fashion-mnist)",
+    )
+    g.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="keep inputs as they are (default: scale rows to unit norm, which the "
+        "default threshold assumes)",
+    )
+    g.add_argument(
+        "--targets",
+        choices=("onehot", "binary"),
+        default="onehot",
+        help="classification targets: one output per class, or +1 for the lower "
+        "half of the classes and -1 otherwise (default: onehot)",
+    )
+    g = p.add_argument_group("network and training")
+    g.add_argument("--width", type=_positive, default=4096, help="hidden neurons m")
+    g.add_argument("--threshold", type=float, help="ReLU shift b (default: sqrt(0.4 ln m))")
+    g.add_argument("--steps", type=_positive, help="gradient steps (default: 20)")
+    g.add_argument("--epochs", type=_positive, help="passes over the data instead of --steps")
+    g.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: 400 / (batch size or n); the loss is a sum)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive,
+        help="mini-batch SGD with this batch size (default: full-batch GD)",
+    )
+    g.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default="dtree",
+        help="how firing pairs are found and maintained (default: dtree)",
+    )
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    g.add_argument("--threads", type=_positive, help="numba and BLAS threads")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        metavar="K",
+        help="write a checkpoint every K steps (resume with --resume)",
+    )
+
+
+def _config(args):
+    from .run import RunConfig
+
+    return RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__})
+
+
+def cmd_train(args) -> int:
+    from .run import describe, run_training
+
+    out = args.resume or args.out
+    log = (lambda *a: None) if args.quiet else print
+    cfg = None if args.resume else _config(args)
+    summary = run_training(out, cfg, resume=bool(args.resume), progress=not args.quiet, log=log)
+    print(describe(summary))
+    print(
+        f"results in {out}/ (config.json, metrics.json, model.npz"
+        + (", figures" if summary["figures"] else "")
+        + ")"
+    )
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import _io
+    from .run import describe
+
+    path = os.path.join(args.dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{args.dir} is not a corrtree run folder: no metrics.json")
+    cfg = _io.read_json(os.path.join(args.dir, "config.json"))
+    metrics = _io.read_json(path)
+    print(" ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    if "summary" in metrics:
+        print(describe(metrics["summary"]))
+    else:
+        print(
+            f"unfinished: {len(metrics['steps'])} steps recorded (resume with "
+            f"corrtree train --resume {args.dir})"
+        )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    demo(args.out, steps=args.steps, width=args.width, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="corrtree",
+        description="Exact sparse training of wide shifted-ReLU layers with weight-data "
+        "correlation trees.",
+    )
+    p.add_argument("--version", action="version", version=f"corrtree {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a network and write a run folder",
+        description="Train the shifted-ReLU network and write config.json, "
+        "metrics.json, model.npz and PNG figures to --out.",
+    )
+    _add_train_options(t)
+    t.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    t.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (its config is used)",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="print the summary of a run folder")
+    i.add_argument("dir")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser(
+        "demo",
+        help="the quick-start job: tree engine against dense on "
+        "Fashion-MNIST if installed, else digits",
+    )
+    d.add_argument("--out", default="runs/demo", help="folder for both runs")
+    d.add_argument("--steps", type=_positive, default=10)
+    d.add_argument("--width", type=_positive, default=1 << 16)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError | FileNotFoundError) and e.args else e
+        print(f"corrtree: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("corrtree: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Datasets that need no download: generated, bundled with scikit-learn, installed by Debian's
+``dataset-fashion-mnist`` package, or the user's own files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import as_float_array, check_finite
+from .model import normalize_rows
+
+__all__ = ["Dataset", "FASHION_MNIST_DIR", "binary_targets", "load_dataset", "read_idx"]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclass
+class Dataset:
+    """Inputs ``X`` (n, d) and targets ``y``. ``labels`` holds integer classes for
+    classification sets (None for regression)."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def n_classes(self) -> int | None:
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parse an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} bytes")
+    return body.reshape(shape)
+
+
+def binary_targets(labels: np.ndarray) -> np.ndarray:
+    """+1 for the lower half of the classes (0-4 of 10), -1 otherwise."""
+    C = int(labels.max()) + 1
+    return np.where(labels < (C + 1) // 2, 1.0, -1.0)
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    C = int(labels.max()) + 1
+    Y = np.zeros((labels.size, C))
+    Y[np.arange(labels.size), labels] = 1.0
+    return Y
+
+
+def _fashion_mnist(data_dir: str | None, split: str):
+    data_dir = data_dir or FASHION_MNIST_DIR
+    img, lab = (os.path.join(data_dir, f) for f in _FASHION_FILES[split])
+    for path in (img, lab):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found: {path} is missing. Install Debian's "
+                "'dataset-fashion-mnist' package (apt-get install dataset-fashion-mnist) or "
+                "pass --data-dir with the idx.gz files"
+            )
+    X = read_idx(img).reshape(-1, 28 * 28).astype(np.float64) / 255.0
+    return X, read_idx(lab).astype(np.int64)
+
+
+def _user_file(kind: str, path: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    if kind == "svmlight":
+        from sklearn.datasets import load_svmlight_file
+
+        X, y = load_svmlight_file(path)
+        return X.toarray(), y
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"X", "y"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} must hold arrays 'X' and 'y'; missing {sorted(missing)}")
+        return f["X"], f["y"]
+
+
+def load_dataset(
+    name: str,
+    *,
+    n: int | None = None,
+    d: int = 32,
+    seed: int = 0,
+    data_dir: str | None = None,
+    normalize: bool = True,
+    targets: str = "onehot",
+    split: str = "train",
+) -> Dataset:
+    """Load a dataset by name.
+
+    ``name``: ``synthetic`` (seeded regression with ``n`` points in ``d`` dims, default n=1000),
+    ``digits``, ``fashion-mnist``, ``svmlight:PATH`` or ``npz:PATH`` (arrays X and y).
+    ``n`` keeps the first n points. ``normalize`` scales rows to unit norm (the default
+    threshold assumes it). ``targets`` for classification sets: ``onehot`` (one output per
+    class) or ``binary`` (+1 for the lower half of the classes, -1 otherwise).
+    """
+    if targets not in ("onehot", "binary"):
+        raise ValueError(f"targets must be 'onehot' or 'binary', got {targets!r}")
+    if n is not None and (isinstance(n, bool) or int(n) < 1):
+        raise ValueError(f"n must be >= 1, got {n}")
+    labels = None
+    if name == "synthetic":
+        rng = np.random.default_rng(seed)
+        count = 1000 if n is None else n
+        X = normalize_rows(rng.standard_normal((count, d)))
+        teacher = rng.standard_normal(d)
+        y = np.tanh(3 * X @ teacher / np.sqrt(d)) + 0.05 * rng.standard_normal(count)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, labels = load_digits(return_X_y=True)
+        X = X / 16.0
+    elif name == "fashion-mnist":
+        if split not in _FASHION_FILES:
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        X, labels = _fashion_mnist(data_dir, split)
+    elif name.startswith(("svmlight:", "npz:")):
+        kind, path = name.split(":", 1)
+        X, y = _user_file(kind, path)
+        X = as_float_array(X, "X", 2)
+        y = np.asarray(y)
+        if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and y.min() >= 0:
+            labels = y.astype(np.int64)
+        else:
+            y = as_float_array(y, "y", y.ndim)
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}; choose synthetic, digits, fashion-mnist, "
+            "svmlight:PATH or npz:PATH"
+        )
+    if n is not None and name != "synthetic":
+        if n > X.shape[0]:
+            raise ValueError(f"n={n} but {name} has only {X.shape[0]} points")
+        X = X[:n]
+        labels = None if labels is None else labels[:n]
+        y = None if labels is not None else y[:n]
+    if labels is not None:
+        if labels.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but there are {labels.shape[0]} labels")
+        y = _one_hot(labels) if targets == "onehot" else binary_targets(labels)
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    check_finite(X, "X")
+    if normalize:
+        X = normalize_rows(X)
+    return Dataset(name, X, y, labels)

@@ -1,0 +1,184 @@
+"""The command line and run folders: outputs, resume, info, errors."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from corrtree import cli
+from corrtree.datasets import load_dataset, read_idx
+from corrtree.engines import ENGINES
+from corrtree.run import load_model
+
+SMALL = ["--dataset", "synthetic", "--n", "40", "--d", "6", "--width", "300", "--quiet"]
+
+
+def test_train_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL, "--steps", "4", "--out", str(out)]) == 0
+    files = set(os.listdir(out))
+    assert {
+        "config.json",
+        "metrics.json",
+        "model.npz",
+        "loss.png",
+        "fired_hist.png",
+        "phases.png",
+    } <= files
+    assert not [f for f in files if f.startswith(".tmp-")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["steps"]) == 4
+    assert metrics["steps"][0]["loss"] > metrics["final_loss"]
+    assert len(metrics["fired_per_point_start"]) == 40
+    with np.load(out / "model.npz", allow_pickle=False) as f:
+        assert f["W"].shape == (300, 6)
+    assert "loss" in capsys.readouterr().out
+    assert cli.main(["info", str(out)]) == 0
+    assert "time per step" in capsys.readouterr().out
+
+
+def test_classification_reports_accuracy(tmp_path):
+    out = tmp_path / "digits"
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--n",
+        "200",
+        "--width",
+        "512",
+        "--steps",
+        "3",
+        "--engine",
+        "wtree",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["final_accuracy"] <= 1.0
+    assert all("accuracy" in s for s in metrics["steps"])
+    assert load_model(str(out)).n_outputs == 10
+
+
+@pytest.mark.parametrize("engine", ["dense", "dtree"])
+def test_resume_follows_the_uninterrupted_trajectory(tmp_path, monkeypatch, engine):
+    args = [
+        *SMALL,
+        "--steps",
+        "7",
+        "--batch-size",
+        "16",
+        "--engine",
+        engine,
+        "--checkpoint-every",
+        "3",
+    ]
+    full = tmp_path / "full"
+    assert cli.main(["train", *args, "--out", str(full)]) == 0
+
+    # Interrupt the second run in its fifth step: the checkpoint of step 3 survives.
+    broken = tmp_path / "broken"
+    calls = {"n": 0}
+    engine_cls = ENGINES[engine]
+    original = engine_cls.step
+
+    def flaky(self, lr, rows=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, lr, rows)
+
+    monkeypatch.setattr(engine_cls, "step", flaky)
+    assert cli.main(["train", *args, "--out", str(broken)]) == 130
+    monkeypatch.setattr(engine_cls, "step", original)
+    assert not (broken / "model.npz").exists()
+    assert (broken / "checkpoint.npz").exists()
+    assert len(json.loads((broken / "metrics.json").read_text())["steps"]) == 3
+
+    assert cli.main(["train", "--resume", str(broken), "--quiet"]) == 0
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((broken / "metrics.json").read_text())
+    np.testing.assert_allclose(
+        [s["loss"] for s in b["steps"]], [s["loss"] for s in a["steps"]], rtol=1e-12
+    )
+    np.testing.assert_allclose(load_model(str(broken)).W, load_model(str(full)).W, rtol=1e-12)
+    assert not (broken / "checkpoint.npz").exists()
+
+
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert cli.main(["train", "--dataset", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("corrtree: error: unknown dataset 'nope'") and err.count("\n") == 1
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--quiet",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 2
+    )
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+    monkeypatch.setenv("CORRTREE_MAX_MEMORY", "1000")
+    assert cli.main(["train", *SMALL, "--out", str(tmp_path / "m")]) == 2
+    assert "needs about" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--width", "0"])
+    assert e.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    assert cli.main(["info", str(tmp_path)]) == 2
+    assert cli.main(["train", "--resume", str(tmp_path / "none")]) == 2
+
+
+def test_module_entry_point_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "corrtree", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for opt in ("--dataset", "--width", "--engine", "--checkpoint-every", "--resume"):
+        assert opt in res.stdout
+
+
+def test_read_idx_and_user_files(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 3, 4) + images.tobytes())
+    np.testing.assert_array_equal(read_idx(str(path)), images)
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as fh:
+        fh.write(b"\x00\x00\x0d\x01")
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+        read_idx(str(bad))
+
+    X = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([0, 1, 1]))
+    data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    np.testing.assert_allclose(data.X[0], [0.6, 0.8])
+    assert data.n_classes == 2 and data.y.shape == (3, 2)
+    (tmp_path / "s.svm").write_text("1.5 1:3 2:4\n-0.5 2:1\n")
+    data = load_dataset(f"svmlight:{tmp_path / 's.svm'}", normalize=False)
+    np.testing.assert_allclose(data.X, [[3, 4], [0, 1]])
+    np.testing.assert_allclose(data.y, [1.5, -0.5])
+    np.savez(tmp_path / "e.npz", X=X)
+    with pytest.raises(ValueError, match=r"missing \['y'\]"):
+        load_dataset(f"npz:{tmp_path / 'e.npz'}")
+    with pytest.raises(ValueError, match="n=5000 but digits has only 1797"):
+        load_dataset("digits", n=5000)
+    binary = load_dataset("digits", n=50, targets="binary")
+    np.testing.assert_array_equal(binary.y, np.where(binary.labels < 5, 1.0, -1.0))
