@@ -14,9 +14,20 @@ __all__ = [
     "CorrelationWTree",
     "History",
     "ShiftedReLUNet",
+    "SparseReLUClassifier",
+    "SparseReLURegressor",
     "__version__",
     "default_threshold",
     "firing_probability",
     "normalize_rows",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimators import scikit-learn; load them on first use.
+    if name in ("SparseReLUClassifier", "SparseReLURegressor"):
+        from . import sklearn as _sk
+
+        return getattr(_sk, name)
+    raise AttributeError(f"module 'corrtree' has no attribute {name!r}")

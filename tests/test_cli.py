@@ -182,3 +182,10 @@ def test_read_idx_and_user_files(tmp_path):
         load_dataset("digits", n=5000)
     binary = load_dataset("digits", n=50, targets="binary")
     np.testing.assert_array_equal(binary.y, np.where(binary.labels < 5, 1.0, -1.0))
+
+
+def test_hardness_command(capsys):
+    assert cli.main(["hardness", "--n", "32", "--d", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(orthogonal)") == 2 and "WRONG" not in out
+    assert "grow as n^1.00" in out

@@ -1,0 +1,121 @@
+"""scikit-learn estimators around the shifted-ReLU network and any corrtree engine."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .model import ShiftedReLUNet, normalize_rows
+from .train import train
+
+__all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
+
+
+class _SparseReLUBase(BaseEstimator):
+    def __init__(
+        self,
+        width: int = 4096,
+        threshold: float | None = None,
+        steps: int = 100,
+        lr: float | None = None,
+        engine: str = "dtree",
+        batch_size: int | None = None,
+        dtype: str = "float64",
+        normalize: bool = True,
+        threads: int | None = None,
+        random_state: int = 0,
+    ):
+        self.width = width
+        self.threshold = threshold
+        self.steps = steps
+        self.lr = lr
+        self.engine = engine
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.normalize = normalize
+        self.threads = threads
+        self.random_state = random_state
+
+    def _inputs(self, X, reset: bool) -> np.ndarray:
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        return normalize_rows(X) if self.normalize else X
+
+    def _fit(self, X: np.ndarray, Y: np.ndarray):
+        n = X.shape[0]
+        self.net_ = ShiftedReLUNet(
+            X.shape[1],
+            self.width,
+            self.threshold,
+            seed=self.random_state,
+            dtype=self.dtype,
+            n_outputs=Y.shape[1],
+        )
+        lr = self.lr if self.lr is not None else 400.0 / min(n, self.batch_size or n)
+        self.history_ = train(
+            self.net_,
+            X,
+            Y,
+            steps=self.steps,
+            lr=lr,
+            engine=self.engine,
+            batch_size=self.batch_size,
+            seed=self.random_state,
+            threads=self.threads,
+        )
+        return self
+
+    def _outputs(self, X) -> np.ndarray:
+        check_is_fitted(self, "net_")
+        X = self._inputs(X, reset=False)
+        return self.net_._outputs(X.astype(self.net_.dtype))
+
+
+class SparseReLURegressor(RegressorMixin, _SparseReLUBase):
+    """Regression with the shifted-ReLU network trained by a corrtree engine.
+
+    ``y`` may be (n,) or (n, k); inputs are scaled to unit norm unless ``normalize=False``.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y):
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True
+        )
+        X = normalize_rows(X) if self.normalize else X
+        Y = np.asarray(y, dtype=np.float64)
+        self._single = Y.ndim == 1
+        return self._fit(X, Y.reshape(Y.shape[0], -1))
+
+    def predict(self, X) -> np.ndarray:
+        out = self._outputs(X)
+        return out[:, 0] if self._single else out
+
+
+class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
+    """Classification with one output per class trained on one-hot targets (squared loss)."""
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        X = normalize_rows(X) if self.normalize else X
+        check_classification_targets(y)
+        self._encoder = LabelEncoder().fit(y)
+        self.classes_ = self._encoder.classes_
+        codes = self._encoder.transform(y)
+        Y = np.zeros((codes.size, max(1, self.classes_.size)))
+        Y[np.arange(codes.size), codes] = 1.0
+        return self._fit(X, Y)
+
+    def decision_function(self, X) -> np.ndarray:
+        out = self._outputs(X)
+        return out[:, 1] - out[:, 0] if self.classes_.size == 2 else out
+
+    def predict(self, X) -> np.ndarray:
+        out = self._outputs(X)
+        return self.classes_[np.argmax(out, axis=1)]
