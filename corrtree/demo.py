@@ -16,7 +16,7 @@ def demo(
     *,
     steps: int = 10,
     width: int = 1 << 16,
-    engine: str = "dtree",
+    engine: str = "auto",
     quiet: bool = False,
 ) -> dict:
     have_fashion = os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))

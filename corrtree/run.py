@@ -37,14 +37,14 @@ class RunConfig:
     epochs: int | None = None
     lr: float | None = None  # None: auto_lr
     batch_size: int | None = None
-    engine: str = "dtree"
+    engine: str = "auto"
     dtype: str = "float64"
     seed: int = 0
     threads: int | None = None
     checkpoint_every: int | None = None
 
     def validate(self) -> None:
-        if self.engine not in ENGINES:
+        if self.engine not in ENGINES and self.engine != "auto":
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {sorted(ENGINES)}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
@@ -99,7 +99,8 @@ def _estimate_bytes(cfg: RunConfig, n: int, d: int, C: int) -> int:
     item = np.dtype(cfg.dtype).itemsize
     P = 1 << max(0, (cfg.width - 1).bit_length())
     Pn = 1 << max(0, (n - 1).bit_length())
-    dense = 3 * n * cfg.width * item  # Z, mask and activations of one step
+    rows = min(n, cfg.batch_size or n)
+    dense = 3 * rows * cfg.width * item if cfg.engine == "dense" else 0  # Z, mask, H
     trees = {"dtree": n * (2 * P - 1) * item, "wtree": cfg.width * (2 * Pn - 1) * item}
     return trees.get(cfg.engine, 0) + dense + (cfg.width + n) * (d + C) * item
 

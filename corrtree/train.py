@@ -135,6 +135,7 @@ def train(
         t0 = time.perf_counter()
         eng = make_engine(engine, net, X, Y, max_memory=max_memory)
         hist.preprocess_seconds = time.perf_counter() - t0
+        hist.engine = eng.name
         batches = batch_schedule(n, batch_size, steps, seed, start_step)
         bar = None
         if progress:

@@ -5,6 +5,7 @@ import pytest
 from conftest import unit_rows
 
 import corrtree as ct
+from corrtree.engines import choose_engine, make_engine
 from corrtree.train import batch_schedule
 
 pytestmark = pytest.mark.boundscheck
@@ -187,3 +188,37 @@ def test_train_errors(rng):
         ct.train(net, X, y, steps=1, lr=0.1, batch_size=0)
     with pytest.raises(MemoryError, match="CorrelationDTree"):
         ct.train(net, X, y, steps=1, lr=0.1, engine="dtree", max_memory=100)
+
+
+@pytest.mark.parametrize("hot_fraction,counter", [(0.0, "rebuilds"), (0.95, "hot_checks")])
+def test_certified_engine_hot_neurons_and_rebuilds(hot_fraction, counter, rng):
+    """A tiny slack forces neurons hot (checked densely) or full rebuilds; exact either way."""
+    X = unit_rows(rng, 40, 5)
+    y = 3 * rng.standard_normal(40)
+    _, h_ref, w_ref = run("dense", X, y, width=300, steps=8, lr=2.0)
+    net = ct.ShiftedReLUNet(5, 300, seed=3)
+    weights = []
+    eng = make_engine("certified", net, X, y[:, None], slack=0.01, hot_fraction=hot_fraction)
+    for _ in range(8):
+        info = eng.step(2.0)
+        weights.append(net.W.copy())
+    assert eng.stats()[counter] > 1
+    for a, b in zip(weights, w_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_engine_choice(rng):
+    assert choose_engine(10, 100) == "dense"
+    assert choose_engine(2000, 1 << 17) == "certified"
+    X = unit_rows(rng, 10, 3)
+    net = ct.ShiftedReLUNet(3, 30)
+    assert ct.train(net, X, rng.standard_normal(10), steps=1, lr=0.1, engine="auto").engine == (
+        "dense"
+    )
+
+
+def test_certified_memory_refusal(rng):
+    X = unit_rows(rng, 50, 3)
+    net = ct.ShiftedReLUNet(3, 1000)
+    with pytest.raises(MemoryError, match="candidate index"):
+        make_engine("certified", net, X, np.zeros((50, 1)), max_memory=1000)

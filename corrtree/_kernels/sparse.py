@@ -98,3 +98,231 @@ def select_rows(indptr, idx, val, rows):
             out_idx[j] = idx[lo + j - out_ptr[k]]
             out_val[j] = val[lo + j - out_ptr[k]]
     return out_ptr, out_idx, out_val
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def candidates_from_block(Z, b_low, row_offset, counts_only, ptr, idx, val):
+    """Candidate pairs of a block of correlations Z (rows = points): entries > b_low.
+
+    With ``counts_only`` fills ptr[row_offset + k + 1] with the count of row k; otherwise
+    writes ids and values at ptr[row_offset + k].
+    """
+    R, M = Z.shape
+    for k in prange(R):
+        row = Z[k]
+        if counts_only:
+            c = 0
+            for r in range(M):
+                if row[r] > b_low:
+                    c += 1
+            ptr[row_offset + k + 1] = c
+        else:
+            p = ptr[row_offset + k]
+            for r in range(M):
+                if row[r] > b_low:
+                    idx[p] = r
+                    val[p] = row[r]
+                    p += 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def certified_detect(cptr, cidx, zref, rows, X, xnorm, W, delta, hot, hot_ids, b, margin):
+    """Firing pairs of the batch ``rows`` under drift certificates.
+
+    For point i and a non-hot neuron r, <w_r, x_i> <= zref + delta[r] * ||x_i|| (Cauchy-
+    Schwarz), so the exact product is computed only when that bound exceeds b - margin, and
+    neurons that are not candidates of i cannot fire. Hot neurons (drift past the slack) are
+    checked exactly on every point. Returns point-major CSR (indptr, neuron ids, exact values)
+    and the number of exact inner products computed.
+    """
+    R = rows.shape[0]
+    d = X.shape[1]
+    H = hot_ids.shape[0]
+    cap = np.zeros(R + 1, dtype=np.int64)
+    for k in range(R):
+        i = rows[k]
+        cap[k + 1] = cap[k] + (cptr[i + 1] - cptr[i]) + H
+    buf_idx = np.empty(cap[R], dtype=np.int64)
+    buf_val = np.empty(cap[R], dtype=W.dtype)
+    counts = np.zeros(R, dtype=np.int64)
+    checks = np.zeros(R, dtype=np.int64)
+    for k in prange(R):
+        i = rows[k]
+        x = X[i]
+        p = cap[k]
+        nc = 0
+        for q in range(cptr[i], cptr[i + 1]):
+            r = cidx[q]
+            if hot[r] or zref[q] + delta[r] * xnorm[i] <= b - margin:
+                continue
+            nc += 1
+            s = 0.0
+            w = W[r]
+            for j in range(d):
+                s += w[j] * x[j]
+            if s > b:
+                buf_idx[p] = r
+                buf_val[p] = s
+                p += 1
+        for h in range(H):
+            r = hot_ids[h]
+            nc += 1
+            s = 0.0
+            w = W[r]
+            for j in range(d):
+                s += w[j] * x[j]
+            if s > b:
+                buf_idx[p] = r
+                buf_val[p] = s
+                p += 1
+        counts[k] = p - cap[k]
+        checks[k] = nc
+    indptr = np.zeros(R + 1, dtype=np.int64)
+    for k in range(R):
+        indptr[k + 1] = indptr[k] + counts[k]
+    idx = np.empty(indptr[R], dtype=np.int64)
+    val = np.empty(indptr[R], dtype=W.dtype)
+    for k in prange(R):
+        lo = cap[k]
+        for q in range(counts[k]):
+            idx[indptr[k] + q] = buf_idx[lo + q]
+            val[indptr[k] + q] = buf_val[lo + q]
+    return indptr, idx, val, checks.sum()
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def row_distances(A, B, rows, out):
+    """out[k] = ||A[rows[k]] - B[rows[k]]|| accumulated in float64."""
+    d = A.shape[1]
+    for k in prange(rows.shape[0]):
+        r = rows[k]
+        s = 0.0
+        for j in range(d):
+            t = np.float64(A[r, j]) - np.float64(B[r, j])
+            s += t * t
+        out[k] = np.sqrt(s)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def batch_candidates(cptr, cidx, zref, rows, xnorm, delta, hot, b, margin):
+    """Candidate pairs of the batch whose drift bound zref + delta_r ||x_i|| reaches b
+    (hot neurons excluded: they are checked on every point). Point-major CSR over batch
+    rows with neuron ids; no inner product is computed."""
+    R = rows.shape[0]
+    counts = np.zeros(R + 1, dtype=np.int64)
+    for k in prange(R):
+        i = rows[k]
+        c = 0
+        for q in range(cptr[i], cptr[i + 1]):
+            r = cidx[q]
+            if not hot[r] and zref[q] + delta[r] * xnorm[i] > b - margin:
+                c += 1
+        counts[k + 1] = c
+    for k in range(R):
+        counts[k + 1] += counts[k]
+    out = np.empty(counts[R], dtype=np.int64)
+    for k in prange(R):
+        i = rows[k]
+        p = counts[k]
+        for q in range(cptr[i], cptr[i + 1]):
+            r = cidx[q]
+            if not hot[r] and zref[q] + delta[r] * xnorm[i] > b - margin:
+                out[p] = r
+                p += 1
+    return counts, out
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def dot(w, x):
+    """<w, x>, accumulated in w's dtype. Reassociation lets LLVM vectorise the sum, as BLAS
+    does; no other fast-math assumption (NaN, inf, signed zeros) is made, and every
+    comparison against a threshold happens outside this function."""
+    s = w[0] * 0
+    for j in range(w.shape[0]):
+        s += w[j] * x[j]
+    return s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
+    """Exact check, neuron by neuron, of the candidate batch rows of each neuron. Hot neurons
+    (``hot_pos[r] >= 0``) take all batch rows, their values from column ``hot_pos[r]`` of
+    ``Zhot`` (computed by BLAS). Each weight row is read once; the batch rows stay in cache.
+    Returns neuron-major firing pairs (ptr over neurons, batch rows, exact values) and the
+    number of inner products computed here."""
+    m = W.shape[0]
+    R = rows.shape[0]
+    cap = np.zeros(m + 1, dtype=np.int64)
+    for r in range(m):
+        cap[r + 1] = cap[r] + (R if hot_pos[r] >= 0 else col_ptr[r + 1] - col_ptr[r])
+    buf_row = np.empty(cap[m], dtype=np.int64)
+    buf_val = np.empty(cap[m], dtype=W.dtype)
+    counts = np.zeros(m + 1, dtype=np.int64)
+    computed = np.zeros(m, dtype=np.int64)
+    for r in prange(m):
+        p = cap[r]
+        h = hot_pos[r]
+        if h >= 0:
+            for k in range(R):
+                s = Zhot[k, h]
+                if s > b:
+                    buf_row[p] = k
+                    buf_val[p] = s
+                    p += 1
+        else:
+            w = W[r]
+            for q in range(col_ptr[r], col_ptr[r + 1]):
+                k = brows[q]
+                s = dot(w, X[rows[k]])
+                if s > b:
+                    buf_row[p] = k
+                    buf_val[p] = s
+                    p += 1
+            computed[r] = col_ptr[r + 1] - col_ptr[r]
+        counts[r + 1] = p - cap[r]
+    for r in range(m):
+        counts[r + 1] += counts[r]
+    out_row = np.empty(counts[m], dtype=np.int64)
+    out_val = np.empty(counts[m], dtype=W.dtype)
+    for r in prange(m):
+        lo = cap[r]
+        for q in range(counts[r + 1] - counts[r]):
+            out_row[counts[r] + q] = buf_row[lo + q]
+            out_val[counts[r] + q] = buf_val[lo + q]
+    return counts, out_row, out_val, computed.sum()
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def neuron_coefficients(nptr, brows, A, E, scale, out):
+    """out[k] = scale * sum_c A[r, c] * E[row, c] for neuron-major pairs k = (r, row)."""
+    m = nptr.shape[0] - 1
+    C = A.shape[1]
+    for r in prange(m):
+        for k in range(nptr[r], nptr[r + 1]):
+            s = 0.0
+            for c in range(C):
+                s += A[r, c] * E[brows[k], c]
+            out[k] = scale * s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta):
+    """For each neuron with firing pairs: g = sum coef * x, w -= lr * g, and its drift
+    delta = ||w - w_ref||. Reads and writes each moved weight row once."""
+    d = X.shape[1]
+    for u in prange(neurons.shape[0]):
+        r = neurons[u]
+        g = np.zeros(d, dtype=W.dtype)
+        for k in range(nptr[r], nptr[r + 1]):
+            x = X[rows[brows[k]]]
+            c = coef[k]
+            for j in range(d):
+                g[j] += c * x[j]
+        w = W[r]
+        wr = W_ref[r]
+        s = 0.0
+        for j in range(d):
+            w[j] -= lr * g[j]
+            t = np.float64(w[j]) - np.float64(wr[j])
+            s += t * t
+        delta[r] = np.sqrt(s)

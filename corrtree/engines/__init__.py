@@ -9,10 +9,12 @@ they spend on pairs that do not fire.
 from __future__ import annotations
 
 from .base import Engine, StepInfo
+from .certified import CertifiedEngine
 from .dense import DenseEngine
 from .trees import DTreeEngine, WTreeEngine
 
 ENGINES: dict[str, type[Engine]] = {
+    "certified": CertifiedEngine,
     "dense": DenseEngine,
     "dtree": DTreeEngine,
     "wtree": WTreeEngine,
@@ -29,8 +31,20 @@ __all__ = [
 ]
 
 
+AUTO_DENSE_PAIRS = 1 << 20  # below n * m = 2^20 pairs, BLAS overheads are lower
+
+
+def choose_engine(n: int, m: int) -> str:
+    """The engine ``auto`` picks: dense for small problems, where one BLAS call beats any
+    bookkeeping; otherwise ``certified``, the fastest exact engine here, whose memory is
+    O(candidates) rather than the trees' O(nm)."""
+    return "dense" if n * m < AUTO_DENSE_PAIRS else "certified"
+
+
 def make_engine(name: str, net, X, Y, **kwargs) -> Engine:
-    """Build the engine called ``name`` for ``net`` on data (X, Y)."""
+    """Build the engine called ``name`` (or ``"auto"``) for ``net`` on data (X, Y)."""
+    if name == "auto":
+        name = choose_engine(X.shape[0], net.width)
     if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}")
+        raise ValueError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)} or 'auto'")
     return ENGINES[name](net, X, Y, **kwargs)
