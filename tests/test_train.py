@@ -200,7 +200,7 @@ def test_certified_engine_hot_neurons_and_rebuilds(hot_fraction, counter, rng):
     weights = []
     eng = make_engine("certified", net, X, y[:, None], slack=0.01, hot_fraction=hot_fraction)
     for _ in range(8):
-        info = eng.step(2.0)
+        eng.step(2.0)
         weights.append(net.W.copy())
     assert eng.stats()[counter] > 1
     for a, b in zip(weights, w_ref, strict=True):
