@@ -72,8 +72,9 @@ class TorchDense:
             pairs = int(mask.sum())
             changed = int(mask.any(dim=0).sum())
         secs = time.perf_counter() - t0
-        return ct.engines.StepInfo(loss, pairs, changed, {"detect": secs, "forward": 0.0,
-                                                          "backward": 0.0, "maintain": 0.0})
+        return ct.engines.StepInfo(
+            loss, pairs, changed, {"detect": secs, "forward": 0.0, "backward": 0.0, "maintain": 0.0}
+        )
 
     def stats(self):
         return {}
@@ -102,8 +103,10 @@ def run_method(name, X, y, width, dtype, steps, lr, seed, W0):
         "preprocess_seconds": pre,
         "step_seconds": secs,
         "median_step_seconds": float(np.median(secs[1:] if len(secs) > 1 else secs)),
-        "phase_seconds": {p: float(np.median([i.seconds[p] for i in infos[1:] or infos]))
-                          for p in infos[0].seconds},
+        "phase_seconds": {
+            p: float(np.median([i.seconds[p] for i in infos[1:] or infos]))
+            for p in infos[0].seconds
+        },
         "loss": [i.loss for i in infos],
         "fired_pairs": [i.fired_pairs for i in infos],
         "changed_neurons": [i.changed_neurons for i in infos],
@@ -121,9 +124,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--methods", default="dense64,dense32,torch32,certified,dtree",
-                   help="comma-separated: dense64 (the reference, always run), dense32, "
-                        "torch32, and corrtree engine names")
+    p.add_argument(
+        "--methods",
+        default="dense64,dense32,torch32,certified,dtree",
+        help="comma-separated: dense64 (the reference, always run), dense32, "
+        "torch32, and corrtree engine names",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
@@ -149,8 +155,10 @@ def main(argv=None):
             try:
                 import torch
             except ImportError:
-                print("torch32: PyTorch is not installed (pip install 'corrtree[torch]'): "
-                      "skipped", file=sys.stderr)
+                print(
+                    "torch32: PyTorch is not installed (pip install 'corrtree[torch]'): skipped",
+                    file=sys.stderr,
+                )
                 continue
             torch.set_num_threads(args.threads)
             plan.append(("torch-dense", np.float32))
@@ -167,10 +175,15 @@ def main(argv=None):
             print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
             results.append(run_method(name, X, y, width, dtype, args.steps, lr, args.seed, W0))
     ref = np.array(results[0]["loss"])
-    dense_fast = min(r["median_step_seconds"] for r in results
-                     if r["engine"] in ("dense", "torch-dense") and r["dtype"] == "float32"
-                     ) if any(r["dtype"] == "float32" and r["engine"] in ("dense", "torch-dense")
-                              for r in results) else results[0]["median_step_seconds"]
+    dense_fast = (
+        min(
+            r["median_step_seconds"]
+            for r in results
+            if r["engine"] in ("dense", "torch-dense") and r["dtype"] == "float32"
+        )
+        if any(r["dtype"] == "float32" and r["engine"] in ("dense", "torch-dense") for r in results)
+        else results[0]["median_step_seconds"]
+    )
     for r in results:
         gap = np.abs(np.array(r["loss"]) - ref) / np.abs(ref)
         r["max_relative_loss_gap"] = float(gap.max())
@@ -186,18 +199,28 @@ def main(argv=None):
         "numpy": np.__version__,
         "threads": args.threads,
         "data": desc,
-        "n": int(X.shape[0]), "d": int(X.shape[1]), "m": width,
-        "threshold": ct.default_threshold(width), "steps": args.steps, "lr": lr,
+        "n": int(X.shape[0]),
+        "d": int(X.shape[1]),
+        "m": width,
+        "threshold": ct.default_threshold(width),
+        "steps": args.steps,
+        "lr": lr,
         "results": results,
     }
-    print(f"\n{desc}: n={X.shape[0]} d={X.shape[1]} m=2^{args.m_log2} {args.steps} steps, "
-          f"{args.threads} threads")
-    print(f"{'method':22s} {'pre s':>8s} {'s/step':>9s} {'x fastest dense32':>18s} "
-          f"{'max loss gap':>13s} {'ok':>4s}")
+    print(
+        f"\n{desc}: n={X.shape[0]} d={X.shape[1]} m=2^{args.m_log2} {args.steps} steps, "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'method':22s} {'pre s':>8s} {'s/step':>9s} {'x fastest dense32':>18s} "
+        f"{'max loss gap':>13s} {'ok':>4s}"
+    )
     for r in results:
-        print(f"{r['method']:22s} {r['preprocess_seconds']:8.2f} {r['median_step_seconds']:9.4f} "
-              f"{r['speedup_vs_fastest_dense32']:18.2f} {r['max_relative_loss_gap']:13.2e} "
-              f"{'yes' if r['exact_within_tolerance'] else 'NO':>4s}")
+        print(
+            f"{r['method']:22s} {r['preprocess_seconds']:8.2f} {r['median_step_seconds']:9.4f} "
+            f"{r['speedup_vs_fastest_dense32']:18.2f} {r['max_relative_loss_gap']:13.2e} "
+            f"{'yes' if r['exact_within_tolerance'] else 'NO':>4s}"
+        )
     if args.out:
         _io.write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -46,7 +46,8 @@ def demo(
         "GD steps, float32 =="
     )
     print(describe(results[engine]))
-    print(f"dense time/step    {t_dense:.4f} s  ->  {engine} is {t_dense / t_tree:.2f}x dense")
+    used = results[engine]["engine"]
+    print(f"dense time/step    {t_dense:.4f} s  ->  {used} is {t_dense / t_tree:.2f}x faster")
     print(
         f"loss vs dense      max relative gap {gap:.2e} over {steps} steps (exact up to "
         "float32 rounding)"

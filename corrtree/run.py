@@ -204,6 +204,7 @@ def run_training(
     metrics["preprocess_seconds"].append(hist.preprocess_seconds)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["stats"] = hist.stats
+    metrics["engine"] = hist.engine
     metrics["fired_per_point_end"] = firing_counts(net, X)
     metrics["final_loss"] = net.loss(X, Y)
     if data.labels is not None:
@@ -229,6 +230,7 @@ def summarize(metrics: dict, net: ShiftedReLUNet, n: int) -> dict:
     per_step = [sum(s["seconds"].values()) for s in steps]
     fired = np.asarray(metrics["fired_per_point_end"])
     out = {
+        "engine": metrics.get("engine"),
         "steps": len(steps),
         "first_loss": steps[0]["loss"] if steps else None,
         "final_loss": metrics["final_loss"],
@@ -246,6 +248,7 @@ def summarize(metrics: dict, net: ShiftedReLUNet, n: int) -> dict:
 
 def describe(summary: dict) -> str:
     lines = [
+        f"engine             {summary.get('engine')}",
         f"steps              {summary['steps']}",
         f"loss               {summary['first_loss']:.6g} -> {summary['final_loss']:.6g}",
     ]

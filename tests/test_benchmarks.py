@@ -13,8 +13,9 @@ import bench_gd  # noqa: E402
 
 def test_bench_gd_quick(tmp_path):
     out = tmp_path / "gd.json"
-    report = bench_gd.main(["--quick", "--methods", "dense32,certified,dtree,wtree",
-                            "--out", str(out)])
+    report = bench_gd.main(
+        ["--quick", "--methods", "dense32,certified,dtree,wtree", "--out", str(out)]
+    )
     assert json.loads(out.read_text())["benchmark"] == "gd"
     methods = [r["method"] for r in report["results"]]
     assert methods[0] == "numpy-dense-float64"
