@@ -9,17 +9,14 @@ from ..trees import CorrelationDTree, CorrelationWTree
 from .base import SparseEngine
 
 
-class DTreeEngine(SparseEngine):
-    """Detect with one DTree query per point; Update every neuron that moved (n(d + log m))."""
+class _TreeEngine(SparseEngine):
+    """Shared by both tree engines: build the structure, Update every neuron that moved."""
 
-    name = "dtree"
+    structure: type
 
     def __init__(self, net, X, Y, *, max_memory: int | None = None, **kwargs):
         super().__init__(net, X, Y)
-        self.tree = CorrelationDTree(net.W, X, dtype=net.dtype, max_memory=max_memory)
-
-    def detect(self, rows):
-        return self.tree.query_rows(rows, self.b)
+        self.tree = self.structure(net.W, X, dtype=net.dtype, max_memory=max_memory)
 
     def maintain(self, neurons):
         self.tree.update_many(neurons, self.net.W[neurons])
@@ -32,16 +29,23 @@ class DTreeEngine(SparseEngine):
         return self.tree.nbytes
 
 
-class WTreeEngine(SparseEngine):
+class DTreeEngine(_TreeEngine):
+    """Detect with one DTree query per point; Update every neuron that moved (n(d + log m))."""
+
+    name = "dtree"
+    structure = CorrelationDTree
+
+    def detect(self, rows):
+        return self.tree.query_rows(rows, self.b)
+
+
+class WTreeEngine(_TreeEngine):
     """Detect with one WTree query per neuron, then transpose; rebuild the tree of every
     neuron that moved (n d). With a mini-batch the queries still cover all n points and the
     pairs outside the batch are dropped."""
 
     name = "wtree"
-
-    def __init__(self, net, X, Y, *, max_memory: int | None = None, **kwargs):
-        super().__init__(net, X, Y)
-        self.tree = CorrelationWTree(net.W, X, dtype=net.dtype, max_memory=max_memory)
+    structure = CorrelationWTree
 
     def detect(self, rows):
         nptr, pts, vals = self.tree.query_rows(None, self.b)
@@ -49,13 +53,3 @@ class WTreeEngine(SparseEngine):
         if rows.size == self.n and np.array_equal(rows, np.arange(self.n)):
             return ptr, ids, v
         return S.select_rows(ptr, ids, v, rows)
-
-    def maintain(self, neurons):
-        self.tree.update_many(neurons, self.net.W[neurons])
-
-    def stats(self):
-        return {**self.counters, **self.tree.stats()}
-
-    @property
-    def nbytes(self):
-        return self.tree.nbytes
