@@ -12,12 +12,9 @@ FLOAT_DTYPES = (np.float32, np.float64)
 
 def as_float_array(a, name: str, ndim: int, dtype=None) -> np.ndarray:
     """Return ``a`` as a C-contiguous float array of ``ndim`` dims with finite values."""
-    if isinstance(a, np.ndarray) or hasattr(a, "__array__"):
-        arr = np.asarray(a)
-    elif isinstance(a, list | tuple):
-        arr = np.asarray(a)
-    else:
+    if not (hasattr(a, "__array__") or isinstance(a, list | tuple)):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    arr = np.asarray(a)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating)
         or np.issubdtype(arr.dtype, np.integer)

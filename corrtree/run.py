@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import _io
-from ._validation import check_memory, fmt_bytes
+from ._validation import check_memory
 from .datasets import load_dataset
 from .engines import ENGINES
 from .model import ShiftedReLUNet
-from .train import train
+from .train import auto_lr, train
+from .trees import forest_nbytes
 
-__all__ = ["RunConfig", "firing_counts", "load_model", "run_training"]
+__all__ = ["RunConfig", "describe", "firing_counts", "load_model", "run_training", "summarize"]
 
 
 @dataclass
@@ -71,13 +72,6 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def auto_lr(n: int, batch_size: int | None) -> float:
-    """Default step size. The loss is a sum over the batch, so the largest stable step shrinks
-    like 1 / batch; 400 / batch trains unit-norm inputs at the default threshold steadily
-    (checked on Fashion-MNIST, where 1000 / batch oscillates)."""
-    return 400.0 / min(n, batch_size or n)
-
-
 def firing_counts(net: ShiftedReLUNet, X: np.ndarray, chunk: int = 512) -> np.ndarray:
     """Neurons firing on each point, computed densely in blocks."""
     out = np.empty(X.shape[0], dtype=np.int64)
@@ -97,11 +91,12 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str) -> float:
 
 def _estimate_bytes(cfg: RunConfig, n: int, d: int, C: int) -> int:
     item = np.dtype(cfg.dtype).itemsize
-    P = 1 << max(0, (cfg.width - 1).bit_length())
-    Pn = 1 << max(0, (n - 1).bit_length())
     rows = min(n, cfg.batch_size or n)
     dense = 3 * rows * cfg.width * item if cfg.engine == "dense" else 0  # Z, mask, H
-    trees = {"dtree": n * (2 * P - 1) * item, "wtree": cfg.width * (2 * Pn - 1) * item}
+    trees = {
+        "dtree": forest_nbytes(n, cfg.width, cfg.dtype),
+        "wtree": forest_nbytes(cfg.width, n, cfg.dtype),
+    }
     return trees.get(cfg.engine, 0) + dense + (cfg.width + n) * (d + C) * item
 
 
@@ -261,6 +256,3 @@ def describe(summary: dict) -> str:
         f"time per step      {summary['median_step_seconds']:.4f} s (median)",
     ]
     return "\n".join(lines)
-
-
-__all__ += ["describe", "fmt_bytes", "summarize"]

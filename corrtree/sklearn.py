@@ -9,7 +9,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .model import ShiftedReLUNet, normalize_rows
-from .train import train
+from .train import auto_lr, train
 
 __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
 
@@ -53,7 +53,7 @@ class _SparseReLUBase(BaseEstimator):
             dtype=self.dtype,
             n_outputs=Y.shape[1],
         )
-        lr = self.lr if self.lr is not None else 400.0 / min(n, self.batch_size or n)
+        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size)
         self.history_ = train(
             self.net_,
             X,

@@ -14,7 +14,7 @@ from ._validation import as_positive_int, as_scalar
 from .engines import make_engine
 from .engines.base import PHASES
 
-__all__ = ["History", "batch_schedule", "train"]
+__all__ = ["History", "auto_lr", "batch_schedule", "train"]
 
 
 @dataclass
@@ -35,10 +35,6 @@ class History:
     def steps(self) -> int:
         return len(self.loss)
 
-    def step_seconds(self) -> np.ndarray:
-        """Wall seconds of each step (sum of the phases)."""
-        return np.sum([self.seconds[p] for p in PHASES], axis=0) if self.loss else np.zeros(0)
-
     def append(self, info) -> None:
         self.loss.append(info.loss)
         self.fired_pairs.append(info.fired_pairs)
@@ -48,6 +44,13 @@ class History:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def auto_lr(n: int, batch_size: int | None) -> float:
+    """Default step size. The loss is a sum over the batch, so the largest stable step shrinks
+    like 1 / batch; 400 / batch trains unit-norm inputs at the default threshold steadily
+    (checked on Fashion-MNIST, where 1000 / batch oscillates)."""
+    return 400.0 / min(n, batch_size or n)
 
 
 def batch_schedule(

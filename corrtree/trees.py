@@ -44,7 +44,6 @@ class _CorrelationForest:
 
     _rows_are_data: bool
     _row_name: str
-    _leaf_name: str
 
     def __init__(self, W, X, *, dtype=None, max_memory: int | None = None):
         W = as_float_array(W, "W", 2)
@@ -249,7 +248,6 @@ class CorrelationDTree(_CorrelationForest):
 
     _rows_are_data = True
     _row_name = "i"
-    _leaf_name = "r"
 
 
 class CorrelationWTree(_CorrelationForest):
@@ -261,4 +259,3 @@ class CorrelationWTree(_CorrelationForest):
 
     _rows_are_data = False
     _row_name = "r"
-    _leaf_name = "i"

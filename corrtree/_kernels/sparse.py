@@ -49,20 +49,6 @@ def forward(indptr, idx, val, A, b, scale, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def pair_coefficients(indptr, idx, A, E, scale, out):
-    """out[k] = scale * sum_c A[r, c] * E[i, c] for each point-major pair k = (i, r)."""
-    n = indptr.shape[0] - 1
-    C = A.shape[1]
-    for i in prange(n):
-        for k in range(indptr[i], indptr[i + 1]):
-            r = idx[k]
-            s = 0.0
-            for c in range(C):
-                s += A[r, c] * E[i, c]
-            out[k] = scale * s
-
-
-@njit(parallel=True, nogil=True, cache=True)
 def neuron_gradient(col_ptr, rows, coef, neurons, X, point_of_row, G):
     """G[u] = sum over pairs of neuron neurons[u] of coef * X[point_of_row[row]].
 
@@ -216,7 +202,8 @@ def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
 
 @njit(parallel=True, nogil=True, cache=True)
 def neuron_coefficients(nptr, brows, A, E, scale, out):
-    """out[k] = scale * sum_c A[r, c] * E[row, c] for neuron-major pairs k = (r, row)."""
+    """out[k] = scale * sum_c A[r, c] * E[row, c] for neuron-major pairs k = (r, row): the
+    factor of x_row in neuron r's gradient."""
     m = nptr.shape[0] - 1
     C = A.shape[1]
     for r in prange(m):

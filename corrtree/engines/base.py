@@ -46,6 +46,14 @@ class Engine:
     def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
         raise NotImplementedError
 
+    def forward(self, ptr, idx, val, rows):
+        """Outputs, residuals and loss of the batch from point-major firing pairs."""
+        net = self.net
+        F = np.empty((rows.size, net.n_outputs), dtype=net.dtype)
+        S.forward(ptr, idx, val, net._A, self.b, self.scale, F)
+        E = F - self.Y[rows]
+        return F, E, 0.5 * float(np.sum(E.astype(np.float64) ** 2))
+
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
 
@@ -76,14 +84,11 @@ class SparseEngine(Engine):
         t0 = time.perf_counter()
         indptr, idx, val = self.detect(rows)
         t1 = time.perf_counter()
-        F = np.empty((rows.size, net.n_outputs), dtype=net.dtype)
-        S.forward(indptr, idx, val, net._A, self.b, self.scale, F)
-        E = F - self.Y[rows]
-        loss = 0.5 * float(np.sum(E.astype(np.float64) ** 2))
+        F, E, loss = self.forward(indptr, idx, val, rows)
         t2 = time.perf_counter()
-        coef = np.empty(idx.size, dtype=net.dtype)
-        S.pair_coefficients(indptr, idx, net._A, E, self.scale, coef)
-        col_ptr, prow, pcoef = S.transpose(indptr, idx, coef, self.m)
+        col_ptr, prow, _ = S.transpose(indptr, idx, idx, self.m)
+        pcoef = np.empty(idx.size, dtype=net.dtype)
+        S.neuron_coefficients(col_ptr, prow, net._A, E, self.scale, pcoef)
         neurons = np.flatnonzero(np.diff(col_ptr))
         G = np.empty((neurons.size, net.d), dtype=net.dtype)
         S.neuron_gradient(col_ptr, prow, pcoef, neurons, self.X, rows, G)

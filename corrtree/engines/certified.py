@@ -20,20 +20,16 @@ structure, and no term in n when training on mini-batches.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
 from .._kernels import sparse as S
 from .._validation import check_memory, fmt_bytes
+from ..model import firing_probability
 from .base import PHASES, Engine, StepInfo
 
 _BLOCK_BYTES = 128 << 20
-
-
-def normal_tail(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
 class CertifiedEngine(Engine):
@@ -82,9 +78,9 @@ class CertifiedEngine(Engine):
 
     # --- index ----------------------------------------------------------------------------
     def estimate_bytes(self) -> int:
+        # <w_r, x_i> ~ N(0, ||x_i||^2) at initialisation; ||x||_max bounds the tail.
         b_low = float(self.b) - self.slack
-        scale = self.xmax if self.xmax > 0 else 1.0
-        frac = normal_tail(b_low / scale) if self.xmax > 0 else 1.0
+        frac = firing_probability(b_low / self.xmax) if self.xmax > 0 else 1.0
         item = np.dtype(self.net.dtype).itemsize
         return int(1.2 * self.n * self.m * frac * (8 + item)) + self.net.W.nbytes
 
@@ -151,11 +147,7 @@ class CertifiedEngine(Engine):
             col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b)
         )
         t1 = time.perf_counter()
-        ptr, pidx, pval = S.transpose(nptr, frows, fval, rows.size)
-        F = np.empty((rows.size, net.n_outputs), dtype=net.dtype)
-        S.forward(ptr, pidx, pval, net._A, self.b, self.scale, F)
-        E = F - self.Y[rows]
-        loss = 0.5 * float(np.sum(E.astype(np.float64) ** 2))
+        F, E, loss = self.forward(*S.transpose(nptr, frows, fval, rows.size), rows)
         t2 = time.perf_counter()
         coef = np.empty(frows.size, dtype=net.dtype)
         S.neuron_coefficients(nptr, frows, net._A, E, self.scale, coef)
@@ -176,7 +168,7 @@ class CertifiedEngine(Engine):
         self._after_move(neurons)
         t4 = time.perf_counter()
         self.counters["exact_checks"] += int(checks)
-        self.counters["hot_checks"] += rows.size * Zhot.shape[1] if self.hot_ids.size else 0
+        self.counters["hot_checks"] += rows.size * self.hot_ids.size
         self.counters["inner_products"] += int(checks) + rows.size * self.hot_ids.size
         self.counters["gradient_madds"] += frows.size * net.d
         self.counters["steps"] += 1
