@@ -41,7 +41,8 @@ def load(quick: bool):
 
 
 class TorchDense:
-    """Dense GD in PyTorch on the CPU: the same arithmetic as corrtree's dense engine."""
+    """Dense GD (or SGD on ``rows``) in PyTorch on the CPU: the same arithmetic as corrtree's
+    dense engine."""
 
     name = "torch-dense"
 
@@ -61,13 +62,18 @@ class TorchDense:
     def step(self, lr, rows=None):
         t0 = time.perf_counter()
         with self.torch.no_grad():
-            Z = self.X @ self.W.T
+            if rows is None:
+                X, Y = self.X, self.Y
+            else:
+                idx = self.torch.from_numpy(rows)
+                X, Y = self.X[idx], self.Y[idx]
+            Z = X @ self.W.T
             mask = Z > self.b
             H = (Z - self.b) * mask
             F = (H @ self.A) * self.scale
-            E = F - self.Y
+            E = F - Y
             loss = 0.5 * float((E.double() ** 2).sum())
-            G = ((E @ self.A.T) * self.scale * mask).T @ self.X
+            G = ((E @ self.A.T) * self.scale * mask).T @ X
             self.W -= lr * G
             pairs = int(mask.sum())
             changed = int(mask.any(dim=0).sum())

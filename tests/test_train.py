@@ -190,15 +190,15 @@ def test_train_errors(rng):
         ct.train(net, X, y, steps=1, lr=0.1, engine="dtree", max_memory=100)
 
 
-@pytest.mark.parametrize("hot_fraction,counter", [(0.0, "rebuilds"), (0.95, "hot_checks")])
-def test_certified_engine_hot_neurons_and_rebuilds(hot_fraction, counter, rng):
+@pytest.mark.parametrize("rebuild_after,counter", [(0.0, "rebuilds"), (1e9, "hot_checks")])
+def test_certified_engine_hot_neurons_and_rebuilds(rebuild_after, counter, rng):
     """A tiny slack forces neurons hot (checked densely) or full rebuilds; exact either way."""
     X = unit_rows(rng, 40, 5)
     y = 3 * rng.standard_normal(40)
     _, h_ref, w_ref = run("dense", X, y, width=300, steps=8, lr=2.0)
     net = ct.ShiftedReLUNet(5, 300, seed=3)
     weights = []
-    eng = make_engine("certified", net, X, y[:, None], slack=0.01, hot_fraction=hot_fraction)
+    eng = make_engine("certified", net, X, y[:, None], slack=0.01, rebuild_after=rebuild_after)
     for _ in range(8):
         eng.step(2.0)
         weights.append(net.W.copy())

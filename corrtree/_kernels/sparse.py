@@ -152,52 +152,118 @@ def dot(w, x):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def neuron_candidates(nptr, npts, nzref, xnorm, delta, hot, b, margin):
+    """Full-batch counterpart of ``batch_candidates`` over the neuron-major index: for each
+    neuron that is not hot, its candidate points whose drift bound reaches b. Returns a
+    pointer over neurons and the point ids (which are the batch rows of a full batch)."""
+    m = nptr.shape[0] - 1
+    counts = np.zeros(m + 1, dtype=np.int64)
+    for r in prange(m):
+        if not hot[r]:
+            c = 0
+            for q in range(nptr[r], nptr[r + 1]):
+                if nzref[q] + delta[r] * xnorm[npts[q]] > b - margin:
+                    c += 1
+            counts[r + 1] = c
+    for r in range(m):
+        counts[r + 1] += counts[r]
+    out = np.empty(counts[m], dtype=np.int64)
+    for r in prange(m):
+        if not hot[r]:
+            p = counts[r]
+            for q in range(nptr[r], nptr[r + 1]):
+                if nzref[q] + delta[r] * xnorm[npts[q]] > b - margin:
+                    out[p] = npts[q]
+                    p += 1
+    return counts, out
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
     """Exact check, neuron by neuron, of the candidate batch rows of each neuron. Hot neurons
-    (``hot_pos[r] >= 0``) take all batch rows, their values from column ``hot_pos[r]`` of
-    ``Zhot`` (computed by BLAS). Each weight row is read once; the batch rows stay in cache.
-    Returns neuron-major firing pairs (ptr over neurons, batch rows, exact values) and the
-    number of inner products computed here."""
+    (``hot_pos[r] >= 0``) take all batch rows, their values from row ``hot_pos[r]`` of
+    ``Zhot`` (computed by BLAS). The inner products are computed first, branch-free, each
+    weight row read once; the firing ones are gathered after. Returns neuron-major firing
+    pairs (ptr over neurons, batch rows, exact values) and the number of inner products
+    computed here."""
     m = W.shape[0]
     R = rows.shape[0]
-    cap = np.zeros(m + 1, dtype=np.int64)
-    for r in range(m):
-        cap[r + 1] = cap[r] + (R if hot_pos[r] >= 0 else col_ptr[r + 1] - col_ptr[r])
-    buf_row = np.empty(cap[m], dtype=np.int64)
-    buf_val = np.empty(cap[m], dtype=W.dtype)
-    counts = np.zeros(m + 1, dtype=np.int64)
-    computed = np.zeros(m, dtype=np.int64)
+    vals = np.empty(brows.shape[0], dtype=W.dtype)
     for r in prange(m):
-        p = cap[r]
+        if hot_pos[r] < 0:
+            w = W[r]
+            q, hi = col_ptr[r], col_ptr[r + 1]
+            while q + 4 <= hi:
+                x0, x1 = X[rows[brows[q]]], X[rows[brows[q + 1]]]
+                x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
+                s0 = s1 = s2 = s3 = w[0] * 0
+                for j in range(w.shape[0]):
+                    s0 += w[j] * x0[j]
+                    s1 += w[j] * x1[j]
+                    s2 += w[j] * x2[j]
+                    s3 += w[j] * x3[j]
+                vals[q], vals[q + 1], vals[q + 2], vals[q + 3] = s0, s1, s2, s3
+                q += 4
+            for t in range(q, hi):
+                vals[t] = dot(w, X[rows[brows[t]]])
+    counts = np.zeros(m + 1, dtype=np.int64)
+    for r in prange(m):
         h = hot_pos[r]
+        c = 0
         if h >= 0:
             for k in range(R):
-                s = Zhot[k, h]
-                if s > b:
-                    buf_row[p] = k
-                    buf_val[p] = s
-                    p += 1
+                if Zhot[h, k] > b:
+                    c += 1
         else:
-            w = W[r]
             for q in range(col_ptr[r], col_ptr[r + 1]):
-                k = brows[q]
-                s = dot(w, X[rows[k]])
-                if s > b:
-                    buf_row[p] = k
-                    buf_val[p] = s
-                    p += 1
-            computed[r] = col_ptr[r + 1] - col_ptr[r]
-        counts[r + 1] = p - cap[r]
+                if vals[q] > b:
+                    c += 1
+        counts[r + 1] = c
     for r in range(m):
         counts[r + 1] += counts[r]
     out_row = np.empty(counts[m], dtype=np.int64)
     out_val = np.empty(counts[m], dtype=W.dtype)
+    computed = 0
     for r in prange(m):
-        lo = cap[r]
-        for q in range(counts[r + 1] - counts[r]):
-            out_row[counts[r] + q] = buf_row[lo + q]
-            out_val[counts[r] + q] = buf_val[lo + q]
-    return counts, out_row, out_val, computed.sum()
+        p = counts[r]
+        h = hot_pos[r]
+        if h >= 0:
+            for k in range(R):
+                if Zhot[h, k] > b:
+                    out_row[p] = k
+                    out_val[p] = Zhot[h, k]
+                    p += 1
+        else:
+            computed += col_ptr[r + 1] - col_ptr[r]
+            for q in range(col_ptr[r], col_ptr[r + 1]):
+                if vals[q] > b:
+                    out_row[p] = brows[q]
+                    out_val[p] = vals[q]
+                    p += 1
+    return counts, out_row, out_val, computed
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def forward_neurons(nptr, brows, vals, A, b, scale, out, T):
+    """``forward`` from neuron-major pairs: out[row, c] = scale * sum of A[r, c] * (val - b).
+    Each of ``T`` tasks (one per thread) sums its share of the neurons into its own buffer
+    (float64); the buffers are added at the end, so no transpose of the pairs is needed."""
+    m = nptr.shape[0] - 1
+    R, C = out.shape
+    buf = np.zeros((T, R, C), dtype=np.float64)
+    for t in prange(T):
+        for r in range(m * t // T, m * (t + 1) // T):
+            for q in range(nptr[r], nptr[r + 1]):
+                h = vals[q] - b
+                k = brows[q]
+                for c in range(C):
+                    buf[t, k, c] += A[r, c] * h
+    for k in prange(R):
+        for c in range(C):
+            s = 0.0
+            for t in range(T):
+                s += buf[t, k, c]
+            out[k, c] = scale * s
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -222,9 +288,18 @@ def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta):
     for u in prange(neurons.shape[0]):
         r = neurons[u]
         g = np.zeros(d, dtype=W.dtype)
-        for k in range(nptr[r], nptr[r + 1]):
-            x = X[rows[brows[k]]]
-            c = coef[k]
+        lo, hi = nptr[r], nptr[r + 1]
+        k = lo
+        while k + 4 <= hi:  # four points per pass over g
+            x0, x1 = X[rows[brows[k]]], X[rows[brows[k + 1]]]
+            x2, x3 = X[rows[brows[k + 2]]], X[rows[brows[k + 3]]]
+            c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+            for j in range(d):
+                g[j] += (c0 * x0[j] + c1 * x1[j]) + (c2 * x2[j] + c3 * x3[j])
+            k += 4
+        for t in range(k, hi):
+            x = X[rows[brows[t]]]
+            c = coef[t]
             for j in range(d):
                 g[j] += c * x[j]
         w = W[r]

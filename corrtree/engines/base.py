@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import get_num_threads
 
 from .._kernels import sparse as S
 
@@ -46,11 +47,15 @@ class Engine:
     def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
         raise NotImplementedError
 
-    def forward(self, ptr, idx, val, rows):
-        """Outputs, residuals and loss of the batch from point-major firing pairs."""
+    def forward(self, ptr, idx, val, rows, neuron_major=False):
+        """Outputs, residuals and loss of the batch from firing pairs (point-major CSR, or
+        neuron-major with batch rows in ``idx``)."""
         net = self.net
         F = np.empty((rows.size, net.n_outputs), dtype=net.dtype)
-        S.forward(ptr, idx, val, net._A, self.b, self.scale, F)
+        if neuron_major:
+            S.forward_neurons(ptr, idx, val, net._A, self.b, self.scale, F, get_num_threads())
+        else:
+            S.forward(ptr, idx, val, net._A, self.b, self.scale, F)
         E = F - self.Y[rows]
         return F, E, 0.5 * float(np.sum(E.astype(np.float64) ** 2))
 

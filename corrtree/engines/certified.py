@@ -9,8 +9,13 @@ At a rebuild every pair with <w_r(s), x_i> > b - slack is stored as a *candidate
 reference correlation), point-major. A pair that is not a candidate cannot fire while
 delta_r * ||x_i|| <= slack. A candidate needs an exact inner product only when its bound
 exceeds b. A neuron whose drift passes the slack becomes *hot* and is checked exactly on every
-point of each batch; when more than ``hot_fraction`` of the neurons are hot, everything is
-rebuilt from the current weights (one blocked X W^T, like the trees' Init).
+point of each batch (one BLAS product over the batch). Hot neurons cost batch * d each per
+step; a rebuild from the current weights (one blocked X W^T over all n points, like the trees'
+Init) costs n * m * d once and cools them all. The engine rebuilds when the work spent on hot
+neurons since the last rebuild reaches ``rebuild_after`` times the cost of a rebuild: the
+ski-rental rule, which keeps the total within a factor 1 + 1/rebuild_after of the best
+schedule in hindsight. With full batches a rebuild comes after a few steps with many hot
+neurons; with small mini-batches hot neurons are cheap and rebuilds are rare.
 
 Cost per step: (candidates of the batch whose bound exceeds b) * d exact products for
 detection, (firing pairs) * d for the gradient, (neurons moved) * d for the drift. Memory:
@@ -36,8 +41,8 @@ class CertifiedEngine(Engine):
     """Exact sparse training with drift certificates over a candidate index.
 
     ``slack``: how far below b candidates reach (default 0.25 for unit-norm data).
-    ``hot_fraction``: rebuild when more than this fraction of neurons has drifted past the
-    slack (default 0.02).
+    ``rebuild_after``: rebuild once the exact checks spent on hot neurons since the last
+    rebuild reach this multiple of a rebuild's n * m * d (default 1).
     """
 
     name = "certified"
@@ -49,7 +54,7 @@ class CertifiedEngine(Engine):
         Y,
         *,
         slack: float = 0.25,
-        hot_fraction: float = 0.02,
+        rebuild_after: float = 1.0,
         max_memory: int | None = None,
         **kwargs,
     ):
@@ -57,7 +62,9 @@ class CertifiedEngine(Engine):
         if not slack > 0:
             raise ValueError(f"slack must be > 0, got {slack}")
         self.slack = float(slack)
-        self.hot_fraction = float(hot_fraction)
+        if not rebuild_after >= 0:
+            raise ValueError(f"rebuild_after must be >= 0, got {rebuild_after}")
+        self.rebuild_after = float(rebuild_after)
         self.max_memory = max_memory
         self.xnorm = np.linalg.norm(X.astype(np.float64), axis=1)
         self.xmax = float(self.xnorm.max()) if self.n else 0.0
@@ -106,11 +113,13 @@ class CertifiedEngine(Engine):
             Z = self.X[lo : lo + block] @ net.W.T
             S.candidates_from_block(Z, b_low, lo, False, ptr, idx, val)
         self.cptr, self.cidx, self.zref = ptr, idx, val
+        self._by_neuron = None  # neuron-major copy, made by the first full-batch step
         self.delta = np.zeros(self.m, dtype=np.float64)
         self.hot = np.zeros(self.m, dtype=np.bool_)
         self.hot_ids = np.zeros(0, dtype=np.int64)
         self.hot_pos = np.full(self.m, -1, dtype=np.int64)
         self._no_hot = np.zeros((1, 1), dtype=net.dtype)
+        self._hot_work = 0  # inner products spent on hot neurons since this rebuild
         self.counters["rebuilds"] += 1
         self.counters["inner_products"] += self.n * self.m
 
@@ -125,29 +134,26 @@ class CertifiedEngine(Engine):
     # --- one step ----------------------------------------------------------------------------
     def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
         net = self.net
-        if rows is None:
+        full = rows is None
+        if full:
             rows = np.arange(self.n, dtype=np.int64)
         t0 = time.perf_counter()
-        # Candidates whose bound reaches b, regrouped by neuron, then checked exactly with
+        # Candidates whose bound reaches b, grouped by neuron, then checked exactly with
         # each weight row read once.
-        bptr, bcand = S.batch_candidates(
-            self.cptr,
-            self.cidx,
-            self.zref,
-            rows,
-            self.xnorm,
-            self.delta,
-            self.hot,
-            float(self.b),
-            self.margin,
-        )
-        col_ptr, brows, _ = S.transpose(bptr, bcand, bcand, self.m)
-        Zhot = self.X[rows] @ net.W[self.hot_ids].T if self.hot_ids.size else self._no_hot
+        bound = (self.xnorm, self.delta, self.hot, float(self.b), self.margin)
+        if full:  # full batch: the neuron-major copy of the index
+            if self._by_neuron is None:
+                self._by_neuron = S.transpose(self.cptr, self.cidx, self.zref, self.m)
+            col_ptr, brows = S.neuron_candidates(*self._by_neuron, *bound)
+        else:
+            bptr, bcand = S.batch_candidates(self.cptr, self.cidx, self.zref, rows, *bound)
+            col_ptr, brows, _ = S.transpose(bptr, bcand, bcand, self.m)
+        Zhot = net.W[self.hot_ids] @ self.X[rows].T if self.hot_ids.size else self._no_hot
         nptr, frows, fval, checks = S.neuron_exact(
             col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b)
         )
         t1 = time.perf_counter()
-        F, E, loss = self.forward(*S.transpose(nptr, frows, fval, rows.size), rows)
+        F, E, loss = self.forward(nptr, frows, fval, rows, neuron_major=True)
         t2 = time.perf_counter()
         coef = np.empty(frows.size, dtype=net.dtype)
         S.neuron_coefficients(nptr, frows, net._A, E, self.scale, coef)
@@ -165,6 +171,7 @@ class CertifiedEngine(Engine):
             self.W_ref,
             self.delta,
         )
+        self._hot_work += rows.size * self.hot_ids.size
         self._after_move(neurons)
         t4 = time.perf_counter()
         self.counters["exact_checks"] += int(checks)
@@ -181,14 +188,14 @@ class CertifiedEngine(Engine):
         )
 
     def _after_move(self, neurons: np.ndarray) -> None:
-        """Neurons whose drift passed the slack turn hot; too many hot ones: rebuild."""
+        """Neurons whose drift passed the slack turn hot; rebuild by the ski-rental rule."""
         newly = neurons[(self.delta[neurons] * self.xmax > self.slack) & ~self.hot[neurons]]
         if newly.size:
             self.hot[newly] = True
             self.hot_ids = np.flatnonzero(self.hot).astype(np.int64)
             self.hot_pos[self.hot_ids] = np.arange(self.hot_ids.size)
-            if self.hot_ids.size > self.hot_fraction * self.m:
-                self.rebuild()
+        if self.hot_ids.size and self._hot_work >= self.rebuild_after * self.n * self.m:
+            self.rebuild()
 
     def stats(self):
         return {

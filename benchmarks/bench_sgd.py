@@ -1,0 +1,217 @@
+"""Mini-batch SGD, side by side in one process: dense PyTorch (float32, if installed), dense
+NumPy (float32, and float64 as the reference) and corrtree's engines, same initial weights and
+the same batches.
+
+Reference configuration (the default): all 60000 Fashion-MNIST training images, unit norm,
+d = 784, y = +1 for labels 0-4 and -1 otherwise, m = 2^16, b = sqrt(0.4 ln m), batch 256,
+float32, one epoch (235 steps), lr = 400 / 256. After the epoch every method's weights are
+compared with dense float64 SGD's (relative Frobenius error <= 1e-4) and its batch losses
+with the reference's, so a fast wrong method cannot post a number. Peak memory is the
+process's resident high-water mark while the method ran (reset before each method).
+
+    python benchmarks/bench_sgd.py --out benchmarks/results/sgd_m16.json
+    python benchmarks/bench_sgd.py --quick          # tiny sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import corrtree as ct
+from corrtree import _io
+from corrtree.datasets import load_dataset
+from corrtree.engines import make_engine
+from corrtree.train import auto_lr, batch_schedule, thread_limit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gd import TorchDense  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident high-water mark of this process (Linux; no-op elsewhere)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_method(name, X, Y, width, dtype, batches, lr, seed, W0, progress):
+    net = ct.ShiftedReLUNet(X.shape[1], width, seed=seed, dtype=dtype)
+    net.W = W0.astype(dtype)
+    Xd, Yd = X.astype(dtype), Y.astype(dtype)
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    eng = TorchDense(net, Xd, Yd) if name == "torch-dense" else make_engine(name, net, Xd, Yd)
+    pre = time.perf_counter() - t0
+    infos = []
+    for t, rows in enumerate(batches):
+        infos.append(eng.step(lr, rows))
+        if progress and (t + 1) % 50 == 0:
+            print(f"  {name}: step {t + 1}/{len(batches)}", file=sys.stderr, flush=True)
+    peak = peak_rss_bytes()
+    secs = [sum(i.seconds.values()) for i in infos]
+    return {
+        "method": name if name != "dense" else f"numpy-dense-{np.dtype(dtype).name}",
+        "engine": name,
+        "dtype": np.dtype(dtype).name,
+        "preprocess_seconds": pre,
+        "median_step_seconds": float(np.median(secs[1:] if len(secs) > 1 else secs)),
+        "total_step_seconds": float(np.sum(secs)),
+        "phase_seconds": {
+            p: float(np.median([i.seconds[p] for i in infos[1:] or infos]))
+            for p in infos[0].seconds
+        },
+        "loss": [i.loss for i in infos],
+        "fired_pairs": [i.fired_pairs for i in infos],
+        "changed_neurons": [i.changed_neurons for i in infos],
+        "peak_rss_bytes": peak,
+        "structure_bytes": int(getattr(eng, "nbytes", 0)),
+        "stats": {k: int(v) for k, v in eng.stats().items()},
+    }, net.W.astype(np.float64)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    p.add_argument("--n", type=int, default=60000, help="training images (default all 60000)")
+    p.add_argument("--m-log2", type=int, default=16)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=None, help="default 400 / batch")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--methods",
+        default="dense64,torch32,dense32,certified",
+        help="comma-separated: dense64 (the reference, always run), dense32, torch32, and "
+        "corrtree engine names",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON output (default: print only)")
+    args = p.parse_args(argv)
+    if min(args.n, args.batch, args.epochs, args.threads) < 1:
+        p.error("--n, --batch, --epochs and --threads must be >= 1")
+    if args.quick:
+        data = load_dataset("synthetic", n=500, d=32, seed=0)
+        desc, args.m_log2, args.batch = "synthetic n=500 d=32", min(args.m_log2, 12), 64
+    else:
+        data = load_dataset("fashion-mnist", n=args.n, targets="binary")
+        desc = f"fashion-mnist first {args.n}, labels 0-4 -> +1"
+    X, Y = data.X, data.y.reshape(data.n, -1)
+    width = 1 << args.m_log2
+    lr = args.lr if args.lr is not None else auto_lr(data.n, args.batch)
+    per_epoch = -(-data.n // args.batch)
+    batches = list(batch_schedule(data.n, args.batch, args.epochs * per_epoch, args.seed))
+    W0 = ct.ShiftedReLUNet(X.shape[1], width, seed=args.seed).W.astype(np.float32)
+    plan = []
+    for mth in dict.fromkeys(["dense64", *[m for m in args.methods.split(",") if m]]):
+        if mth == "dense64":
+            plan.append(("dense", np.float64))
+        elif mth == "dense32":
+            plan.append(("dense", np.float32))
+        elif mth == "torch32":
+            try:
+                import torch
+            except ImportError:
+                print("torch32: PyTorch is not installed: skipped", file=sys.stderr)
+                continue
+            torch.set_num_threads(args.threads)
+            plan.append(("torch-dense", np.float32))
+        else:
+            plan.append((mth, np.float32))
+    results = []
+    with thread_limit(args.threads):
+        small = [np.arange(10, dtype=np.int64)] * 2  # compile every kernel first
+        for name, dtype in plan:
+            if name != "torch-dense":
+                run_method(name, X[:20], Y[:20], 64, dtype, small, lr, args.seed, W0[:64], False)
+        W_ref = None
+        for name, dtype in plan:
+            print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
+            r, W = run_method(name, X, Y, width, dtype, batches, lr, args.seed, W0, not args.quick)
+            if W_ref is None:
+                W_ref = W
+            r["weight_relative_error"] = float(np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref))
+            r["weight_max_abs_error"] = float(np.abs(W - W_ref).max())
+            results.append(r)
+            del W
+    ref = np.array(results[0]["loss"])
+    dense32 = [
+        r for r in results if r["engine"] in ("dense", "torch-dense") and r["dtype"] == "float32"
+    ]
+    torch32 = [r for r in results if r["engine"] == "torch-dense"]
+    for r in results:
+        gap = np.abs(np.array(r["loss"]) - ref) / np.maximum(np.abs(ref), 1e-12)
+        r["max_relative_loss_gap"] = float(gap.max())
+        r["exact_within_tolerance"] = bool(
+            r["weight_relative_error"] <= TOLERANCE and gap.max() <= TOLERANCE
+        )
+        if dense32:
+            best = min(x["median_step_seconds"] for x in dense32)
+            r["speedup_vs_fastest_dense32"] = best / r["median_step_seconds"]
+        if torch32:
+            r["speedup_vs_torch32"] = torch32[0]["median_step_seconds"] / r["median_step_seconds"]
+        r["floor_madds_median"] = float(np.median(r["fired_pairs"])) * X.shape[1]
+    report = {
+        "benchmark": "sgd",
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "threads": args.threads,
+        "data": desc,
+        "n": int(data.n),
+        "d": int(X.shape[1]),
+        "m": width,
+        "threshold": ct.default_threshold(width),
+        "batch": args.batch,
+        "steps": len(batches),
+        "lr": lr,
+        "results": results,
+    }
+    print(
+        f"\n{desc}: n={data.n} d={X.shape[1]} m=2^{args.m_log2} batch {args.batch}, "
+        f"{len(batches)} steps, {args.threads} threads"
+    )
+    print(
+        f"{'method':22s} {'pre s':>8s} {'s/step':>9s} {'x torch32':>10s} {'peak GB':>8s} "
+        f"{'W rel err':>10s} {'ok':>4s}"
+    )
+    for r in results:
+        peak = r["peak_rss_bytes"] / 2**30 if r["peak_rss_bytes"] else float("nan")
+        print(
+            f"{r['method']:22s} {r['preprocess_seconds']:8.2f} {r['median_step_seconds']:9.4f} "
+            f"{r.get('speedup_vs_torch32', float('nan')):10.2f} {peak:8.2f} "
+            f"{r['weight_relative_error']:10.2e} "
+            f"{'yes' if r['exact_within_tolerance'] else 'NO':>4s}"
+        )
+    if args.out:
+        _io.write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
