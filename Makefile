@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,plot]"
+	$(BIN)/python -m pip install --quiet -e ".[test,plot,faiss]"
 	touch $(STAMP)
 
 venv: $(STAMP)

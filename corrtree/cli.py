@@ -8,7 +8,7 @@ import sys
 
 from . import __version__
 
-_ERRORS = (ValueError, TypeError, IndexError, FileNotFoundError, MemoryError, KeyError)
+_ERRORS = (ValueError, TypeError, IndexError, FileNotFoundError, MemoryError, KeyError, ImportError)
 
 
 def _positive(v: str) -> int:
@@ -69,9 +69,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--engine",
-        choices=sorted(ENGINES),
+        choices=[*sorted(ENGINES), "auto"],
         default="dtree",
-        help="how firing pairs are found and maintained (default: dtree)",
+        help="how firing pairs are found and maintained; auto picks the fastest exact "
+        "engine for the sizes (default: dtree)",
     )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
@@ -179,6 +180,17 @@ def cmd_hardness(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BENCHMARKS, run
+
+    if args.name is None:
+        for name, what in BENCHMARKS.items():
+            print(f"{name:14s} {what}")
+        return 0
+    run(args.name, args.args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="corrtree",
@@ -230,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--d", type=_positive, default=20, help="dimension (default 20, ~ log n)")
     h.add_argument("--seed", type=int, default=0)
     h.set_defaults(func=cmd_hardness)
+
+    from .bench import BENCHMARKS
+
+    b = sub.add_parser(
+        "bench",
+        help="run a benchmark (no NAME: list them)",
+        description="Run one benchmark; options after NAME go to it (NAME --help lists "
+        "them). Every benchmark checks the engines it times against dense.",
+    )
+    b.add_argument("name", nargs="?", choices=sorted(BENCHMARKS), metavar="NAME")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,31 +1,71 @@
-"""The benchmark scripts run end to end at tiny sizes and refuse wrong engines."""
+"""Every benchmark runs end to end at tiny sizes through `corrtree bench`, checks what it
+times against dense, and refuses wrong engines; the plots are drawn from its JSON."""
 
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from corrtree.bench import BENCHMARKS, gd
+from corrtree.cli import main as cli
 
-import bench_gd  # noqa: E402
+EXACTNESS = {
+    "gd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
+    "sgd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
+    "sparsity": lambda r: r["train"]["engine_matches_dense_counts"],
+    "preprocessing": lambda r: r["all_match_dense"],
+    "periter": lambda r: r["all_exact"],
+    "dims": lambda r: r["all_exact"],
+}
 
 
-def test_bench_gd_quick(tmp_path):
-    out = tmp_path / "gd.json"
-    report = bench_gd.main(
-        ["--quick", "--methods", "dense32,certified,dtree,wtree", "--out", str(out)]
-    )
-    assert json.loads(out.read_text())["benchmark"] == "gd"
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("results")
+    for name in EXACTNESS:
+        extra = ["--methods", "dense32,certified,dtree,wtree,halfspace"] if name == "gd" else []
+        assert cli(["bench", name, "--quick", "--out", str(folder / f"{name}.json"), *extra]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(EXACTNESS))
+def test_quick_benchmark_is_exact(results, name):
+    report = json.loads((results / f"{name}.json").read_text())
+    assert report["benchmark"] == name
+    assert EXACTNESS[name](report)
+
+
+def test_gd_report(results):
+    report = json.loads((results / "gd.json").read_text())
     methods = [r["method"] for r in report["results"]]
     assert methods[0] == "numpy-dense-float64"
-    assert {"certified", "dtree", "wtree"} <= set(methods)
+    assert {"certified", "dtree", "wtree", "halfspace"} <= set(methods)
+    assert all(len(r["loss"]) == report["steps"] for r in report["results"])
+
+
+def test_sgd_weights_match_dense(results):
+    report = json.loads((results / "sgd.json").read_text())
+    assert report["steps"] > 1
     for r in report["results"]:
-        assert r["exact_within_tolerance"], r["method"]
-        assert len(r["loss"]) == report["steps"]
+        assert r["weight_relative_error"] <= 1e-4, r["method"]
 
 
-def test_bench_gd_flags_a_wrong_engine(monkeypatch):
+def test_plots_from_json(results, tmp_path):
+    assert cli(["bench", "plots", "--results", str(results), "--out-dir", str(tmp_path)]) == 0
+    pngs = sorted(os.listdir(tmp_path))
+    for expected in (
+        "sparsity_init.png",
+        "preprocessing.png",
+        "periter_small-n.png",
+        "dims.png",
+        "gd.png",
+        "sgd.png",
+    ):
+        assert expected in pngs
+        assert (tmp_path / expected).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gd_flags_a_wrong_engine(monkeypatch):
     from corrtree.engines.certified import CertifiedEngine
 
     original = CertifiedEngine.step
@@ -34,12 +74,17 @@ def test_bench_gd_flags_a_wrong_engine(monkeypatch):
         return original(self, 3 * lr, rows)
 
     monkeypatch.setattr(CertifiedEngine, "step", wrong)
-    report = bench_gd.main(["--quick", "--methods", "certified"])
+    report = gd.main(["--quick", "--methods", "certified"])
     (cert,) = [r for r in report["results"] if r["method"] == "certified"]
     assert not cert["exact_within_tolerance"]
 
 
-@pytest.mark.parametrize("bad", [["--steps", "0"]])
-def test_bench_gd_rejects_bad_arguments(bad):
+def test_bench_listing_and_errors(capsys):
+    assert cli(["bench"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in BENCHMARKS)
     with pytest.raises(SystemExit):
-        bench_gd.main(["--quick", *bad])
+        cli(["bench", "nosuch"])
+    with pytest.raises(SystemExit):
+        gd.main(["--quick", "--steps", "0"])
+    assert cli(["bench", "plots", "--results", "/nonexistent"]) == 2

@@ -1,5 +1,7 @@
 """Every engine must follow the dense float64 trajectory after every step."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import unit_rows
@@ -10,7 +12,9 @@ from corrtree.train import batch_schedule
 
 pytestmark = pytest.mark.boundscheck
 
-SPARSE_ENGINES = [e for e in ct.ENGINES if e != "dense"]
+SPARSE_ENGINES = [
+    e for e in ct.ENGINES if e != "dense" and (e != "faiss" or importlib.util.find_spec("faiss"))
+]
 
 
 def run(
@@ -222,3 +226,41 @@ def test_certified_memory_refusal(rng):
     net = ct.ShiftedReLUNet(3, 1000)
     with pytest.raises(MemoryError, match="candidate index"):
         make_engine("certified", net, X, np.zeros((50, 1)), max_memory=1000)
+
+
+@pytest.mark.parametrize("dense_fraction", [1.0, 1e-9])
+def test_certified_dense_neurons(dense_fraction, rng):
+    """Neurons with many candidates go through BLAS (all of them at a tiny fraction, none at
+    1.0); the trajectory is dense's either way, in GD and in SGD."""
+    X = unit_rows(rng, 40, 5)
+    y = 3 * rng.standard_normal(40)
+    for batch in (None, 8):
+        _, h_ref, w_ref = run("dense", X, y, width=300, steps=6, lr=1.0, batch_size=batch)
+        net = ct.ShiftedReLUNet(5, 300, seed=3)
+        eng = make_engine("certified", net, X, y[:, None], dense_fraction=dense_fraction)
+        dense = eng.stats()["dense_neurons"]
+        with_candidates = np.unique(eng.cidx).size
+        assert dense == (0 if dense_fraction == 1.0 else with_candidates)
+        assert with_candidates > 100
+        rows = batch_schedule(40, batch, 6, seed=0)
+        for t, r in enumerate(rows):
+            eng.step(1.0, r)
+            np.testing.assert_allclose(net.W, w_ref[t], rtol=1e-9, atol=1e-12)
+
+
+def test_dense_blocks_are_invisible(rng):
+    """The dense reference processes points in blocks; one row per block changes nothing."""
+    X = unit_rows(rng, 23, 4)
+    y = rng.standard_normal(23)
+    nets = [ct.ShiftedReLUNet(4, 200, seed=1) for _ in range(2)]
+    engines = [
+        make_engine("dense", nets[0], X, y[:, None]),
+        make_engine("dense", nets[1], X, y[:, None], block_bytes=1),
+    ]
+    assert engines[1].block == 1
+    for rows in (None, np.arange(3, 20, dtype=np.int64), None):
+        a, b = (e.step(0.5, rows) for e in engines)
+        assert a.loss == pytest.approx(b.loss, rel=1e-12)
+        assert a.fired_pairs == b.fired_pairs and a.changed_neurons == b.changed_neurons
+        np.testing.assert_allclose(a.outputs, b.outputs, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(nets[0].W, nets[1].W, rtol=1e-12, atol=1e-14)

@@ -310,3 +310,35 @@ def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta):
             t = np.float64(w[j]) - np.float64(wr[j])
             s += t * t
         delta[r] = np.sqrt(s)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def rows_exact(ptr, ids, rows, X, W, b):
+    """Exact check of point-major candidate pairs (ids in any order, no duplicates): returns
+    point-major firing pairs with ids sorted within each row and their exact values."""
+    R = ptr.shape[0] - 1
+    vals = np.empty(ids.shape[0], dtype=W.dtype)
+    counts = np.zeros(R + 1, dtype=np.int64)
+    for k in prange(R):
+        x = X[rows[k]]
+        c = 0
+        for q in range(ptr[k], ptr[k + 1]):
+            vals[q] = dot(W[ids[q]], x)
+            if vals[q] > b:
+                c += 1
+        counts[k + 1] = c
+    for k in range(R):
+        counts[k + 1] += counts[k]
+    out_ids = np.empty(counts[R], dtype=np.int64)
+    out_val = np.empty(counts[R], dtype=W.dtype)
+    for k in prange(R):
+        p = counts[k]
+        for q in range(ptr[k], ptr[k + 1]):
+            if vals[q] > b:
+                out_ids[p] = ids[q]
+                out_val[p] = vals[q]
+                p += 1
+        order = np.argsort(out_ids[counts[k] : p])
+        out_ids[counts[k] : p] = out_ids[counts[k] : p][order]
+        out_val[counts[k] : p] = out_val[counts[k] : p][order]
+    return counts, out_ids, out_val

@@ -11,20 +11,32 @@ from __future__ import annotations
 from .base import Engine, StepInfo
 from .certified import CertifiedEngine
 from .dense import DenseEngine
+from .faiss import FaissEngine
+from .halfspace import HalfSpaceEngine
+from .lsh import LSHEngine
 from .trees import DTreeEngine, WTreeEngine
 
 ENGINES: dict[str, type[Engine]] = {
     "certified": CertifiedEngine,
     "dense": DenseEngine,
     "dtree": DTreeEngine,
+    "faiss": FaissEngine,
+    "halfspace": HalfSpaceEngine,
     "wtree": WTreeEngine,
 }
 
+# Approximate engines: built by name like the others, never picked by auto, not exact.
+APPROXIMATE: dict[str, type[Engine]] = {"lsh": LSHEngine}
+
 __all__ = [
+    "APPROXIMATE",
     "ENGINES",
     "DTreeEngine",
     "DenseEngine",
+    "HalfSpaceEngine",
     "Engine",
+    "FaissEngine",
+    "LSHEngine",
     "StepInfo",
     "WTreeEngine",
     "make_engine",
@@ -45,6 +57,10 @@ def make_engine(name: str, net, X, Y, **kwargs) -> Engine:
     """Build the engine called ``name`` (or ``"auto"``) for ``net`` on data (X, Y)."""
     if name == "auto":
         name = choose_engine(X.shape[0], net.width)
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)} or 'auto'")
-    return ENGINES[name](net, X, Y, **kwargs)
+    cls = ENGINES.get(name) or APPROXIMATE.get(name)
+    if cls is None:
+        raise ValueError(
+            f"unknown engine {name!r}; choose one of {sorted(ENGINES)}, 'auto', or the "
+            f"approximate {sorted(APPROXIMATE)}"
+        )
+    return cls(net, X, Y, **kwargs)

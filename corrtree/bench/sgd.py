@@ -9,17 +9,12 @@ compared with dense float64 SGD's (relative Frobenius error <= 1e-4) and its bat
 with the reference's, so a fast wrong method cannot post a number. Peak memory is the
 process's resident high-water mark while the method ran (reset before each method).
 
-    python benchmarks/bench_sgd.py --out benchmarks/results/sgd_m16.json
-    python benchmarks/bench_sgd.py --quick          # tiny sizes, seconds
+    corrtree bench sgd --out benchmarks/results/sgd_m16.json
+    corrtree bench sgd --quick          # tiny sizes, seconds
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
-import os
-import platform
 import sys
 import time
 
@@ -27,35 +22,13 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
+from corrtree.bench._common import header, parser, peak_rss_bytes, reset_peak_rss
+from corrtree.bench.gd import TorchDense
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
 from corrtree.train import auto_lr, batch_schedule, thread_limit
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gd import TorchDense  # noqa: E402
-
 TOLERANCE = 1e-4
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's resident high-water mark of this process (Linux; no-op elsewhere)."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def run_method(name, X, Y, width, dtype, batches, lr, seed, W0, progress):
@@ -94,22 +67,18 @@ def run_method(name, X, Y, width, dtype, batches, lr, seed, W0, progress):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    p = parser(__name__, __doc__)
     p.add_argument("--n", type=int, default=60000, help="training images (default all 60000)")
     p.add_argument("--m-log2", type=int, default=16)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=None, help="default 400 / batch")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--methods",
         default="dense64,torch32,dense32,certified",
         help="comma-separated: dense64 (the reference, always run), dense32, torch32, and "
         "corrtree engine names",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
     if min(args.n, args.batch, args.epochs, args.threads) < 1:
         p.error("--n, --batch, --epochs and --threads must be >= 1")
@@ -175,12 +144,7 @@ def main(argv=None):
             r["speedup_vs_torch32"] = torch32[0]["median_step_seconds"] / r["median_step_seconds"]
         r["floor_madds_median"] = float(np.median(r["fired_pairs"])) * X.shape[1]
     report = {
-        "benchmark": "sgd",
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "threads": args.threads,
+        **header("sgd", args.threads),
         "data": desc,
         "n": int(data.n),
         "d": int(X.shape[1]),

@@ -1,0 +1,78 @@
+"""What every benchmark report shares: where and when it ran, and a log-log slope."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+
+import numpy as np
+
+
+def header(name: str, threads: int) -> dict:
+    return {
+        "benchmark": name,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "threads": threads,
+    }
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of log y against log x (the fitted exponent)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = (x > 0) & (y > 0)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def parser(module: str, doc: str):
+    """The argument parser every benchmark starts from: --quick, --threads, --seed, --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog=f"corrtree bench {module.rsplit('.', 1)[-1]}", description=doc.split("\n\n")[0]
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (used by the tests)")
+    p.add_argument("--threads", type=int, default=2, help="numba and BLAS threads (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON output (default: print only)")
+    return p
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident high-water mark of this process (Linux; no-op elsewhere)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
