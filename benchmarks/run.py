@@ -1,7 +1,7 @@
 """Run one benchmark by name, as `corrtree bench NAME` does (the code is in corrtree/bench/).
 
-    python benchmarks/run.py gd --out benchmarks/results/gd_m17.json
-    python benchmarks/run.py --list
+python benchmarks/run.py gd --out benchmarks/results/gd_m17.json
+python benchmarks/run.py --list
 """
 
 import sys
