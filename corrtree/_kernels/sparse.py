@@ -281,9 +281,10 @@ def neuron_coefficients(nptr, brows, A, E, scale, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta):
+def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta, hot):
     """For each neuron with firing pairs: g = sum coef * x, w -= lr * g, and its drift
-    delta = ||w - w_ref||. Reads and writes each moved weight row once."""
+    delta = ||w - w_ref|| (skipped for hot neurons, which are checked on every point anyway
+    until the next rebuild). Reads and writes each moved weight row once."""
     d = X.shape[1]
     for u in prange(neurons.shape[0]):
         r = neurons[u]
@@ -303,13 +304,17 @@ def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta):
             for j in range(d):
                 g[j] += c * x[j]
         w = W[r]
-        wr = W_ref[r]
-        s = 0.0
-        for j in range(d):
-            w[j] -= lr * g[j]
-            t = np.float64(w[j]) - np.float64(wr[j])
-            s += t * t
-        delta[r] = np.sqrt(s)
+        if hot[r]:
+            for j in range(d):
+                w[j] -= lr * g[j]
+        else:
+            wr = W_ref[r]
+            s = 0.0
+            for j in range(d):
+                w[j] -= lr * g[j]
+                t = np.float64(w[j]) - np.float64(wr[j])
+                s += t * t
+            delta[r] = np.sqrt(s)
 
 
 @njit(parallel=True, nogil=True, cache=True)

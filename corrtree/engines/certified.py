@@ -182,6 +182,7 @@ class CertifiedEngine(Engine):
             net.dtype.type(lr),
             self.W_ref,
             self.delta,
+            self.hot,
         )
         self._hot_work += rows.size * (self.hot_ids.size - self.n_dense)
         self._after_move(neurons)
