@@ -14,8 +14,6 @@ Layout: nodes 0..N-1, root 0; ``left``/``right`` are -1 at leaves; ``lo``/``hi``
 import numpy as np
 from numba import njit, prange
 
-from .sparse import dot
-
 
 @njit(nogil=True, cache=True)
 def _ball(W, perm, lo, hi, center, radius, node):
@@ -118,70 +116,104 @@ def build(W, leaf_size):
     )
 
 
-@njit(nogil=True, cache=True)
-def _query(x, xnorm, b, margin, W, perm, lo, hi, left, right, center, radius, out_r, out_v):
-    """Half-space query for one point; writes firing ids/values, returns (count, nodes
-    visited, inner products)."""
-    stack = np.empty(128, dtype=np.int64)
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _query_block(
+    X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center, radius, out_r, out_v, cnt
+):
+    """Half-space queries for a block of points walked through the tree together: a node is
+    entered with the points still alive at its parent, keeps those whose bound passes, and a
+    leaf computes the products of its weights (contiguous in ``Wp``, the weights in leaf
+    order) with its alive points, so each leaf is read once per block, not once per point.
+    Returns (nodes visited summed over points, inner products)."""
+    B = rows.shape[0]
+    d = Wp.shape[1]
+    depth_cap = 128
+    alive = np.empty((depth_cap, B), dtype=np.int64)
+    n_alive = np.zeros(depth_cap, dtype=np.int64)
+    for k in range(B):
+        alive[0, k] = k
+    n_alive[0] = B
+    stack_node = np.empty(depth_cap, dtype=np.int64)
+    stack_depth = np.empty(depth_cap, dtype=np.int64)
+    stack_node[0], stack_depth[0] = 0, 1
     top = 1
-    stack[0] = 0
-    count = 0
     visited = 0
     products = 0
+    for k in range(B):
+        cnt[k] = 0
     while top > 0:
         top -= 1
-        node = stack[top]
-        visited += 1
-        products += 1
+        node, dep = stack_node[top], stack_depth[top]
         c = center[node]
-        s = 0.0
-        for j in range(x.shape[0]):
-            s += c[j] * x[j]
-        if s + radius[node] * xnorm <= b - margin:
+        na = 0
+        for t in range(n_alive[dep - 1]):
+            k = alive[dep - 1, t]
+            x = X[rows[k]]
+            s = 0.0
+            for j in range(d):
+                s += c[j] * x[j]
+            visited += 1
+            products += 1
+            if s + radius[node] * xnorm[rows[k]] > b - margin:
+                alive[dep, na] = k
+                na += 1
+        n_alive[dep] = na
+        if na == 0:
             continue
         if left[node] < 0:
-            for k in range(lo[node], hi[node]):
-                r = perm[k]
-                v = dot(W[r], x)
-                products += 1
-                if v > b:
-                    out_r[count] = r
-                    out_v[count] = v
-                    count += 1
+            for q in range(lo[node], hi[node]):
+                w = Wp[q]
+                for t in range(na):
+                    k = alive[dep, t]
+                    x = X[rows[k]]
+                    v = w[0] * 0
+                    for j in range(d):
+                        v += w[j] * x[j]
+                    products += 1
+                    if v > b:
+                        out_r[k, cnt[k]] = perm[q]
+                        out_v[k, cnt[k]] = v
+                        cnt[k] += 1
         else:
-            stack[top] = left[node]
-            stack[top + 1] = right[node]
+            stack_node[top], stack_depth[top] = right[node], dep + 1
+            stack_node[top + 1], stack_depth[top + 1] = left[node], dep + 1
             top += 2
-    return count, visited, products
+    return visited, products
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def query_rows(X, rows, xnorm, b, margin, W, perm, lo, hi, left, right, center, radius):
-    """Half-space queries for the given rows of X: point-major CSR (ptr, ids, values) with
-    ids sorted within each row, plus the nodes visited and inner products computed."""
+def query_rows(X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center, radius):
+    """Half-space queries for the given rows of X, in blocks of points: point-major CSR
+    (ptr, ids, values) with ids sorted within each row, plus the nodes visited (summed over
+    points) and inner products computed. ``Wp`` holds the weights in leaf order
+    (``Wp[q] = W[perm[q]]``)."""
     R = rows.shape[0]
-    m = W.shape[0]
-    chunk = 16
+    m = Wp.shape[0]
+    block = 16
+    n_blocks = (R + block - 1) // block
     ptr = np.zeros(R + 1, dtype=np.int64)
     ids_parts = []
     val_parts = []
     visited = 0
     products = 0
-    buf_r = np.empty((chunk, m), dtype=np.int64)
-    buf_v = np.empty((chunk, m), dtype=W.dtype)
-    counts = np.zeros(chunk, dtype=np.int64)
-    for c0 in range(0, R, chunk):
-        c1 = min(R, c0 + chunk)
-        vis = np.zeros(c1 - c0, dtype=np.int64)
-        prod = np.zeros(c1 - c0, dtype=np.int64)
-        for k in prange(c1 - c0):
-            i = rows[c0 + k]
-            cnt, v, p = _query(
-                X[i],
-                xnorm[i],
+    group = 8  # blocks in flight at once (bounds the (group * block, m) buffers)
+    buf_r = np.empty((group, block, m), dtype=np.int64)
+    buf_v = np.empty((group, block, m), dtype=Wp.dtype)
+    cnts = np.zeros((group, block), dtype=np.int64)
+    for g0 in range(0, n_blocks, group):
+        g1 = min(n_blocks, g0 + group)
+        vis = np.zeros(g1 - g0, dtype=np.int64)
+        prod = np.zeros(g1 - g0, dtype=np.int64)
+        for u in prange(g1 - g0):
+            r0 = (g0 + u) * block
+            brows = rows[r0 : min(R, r0 + block)]
+            vis[u], prod[u] = _query_block(
+                X,
+                brows,
+                xnorm,
                 b,
                 margin,
-                W,
+                Wp,
                 perm,
                 lo,
                 hi,
@@ -189,32 +221,37 @@ def query_rows(X, rows, xnorm, b, margin, W, perm, lo, hi, left, right, center, 
                 right,
                 center,
                 radius,
-                buf_r[k],
-                buf_v[k],
+                buf_r[u],
+                buf_v[u],
+                cnts[u],
             )
-            counts[k] = cnt
-            vis[k] = v
-            prod[k] = p
-            order = np.argsort(buf_r[k, :cnt])
-            buf_r[k, :cnt] = buf_r[k, :cnt][order]
-            buf_v[k, :cnt] = buf_v[k, :cnt][order]
+            for k in range(brows.shape[0]):
+                c = cnts[u, k]
+                order = np.argsort(buf_r[u, k, :c])
+                buf_r[u, k, :c] = buf_r[u, k, :c][order]
+                buf_v[u, k, :c] = buf_v[u, k, :c][order]
         visited += vis.sum()
         products += prod.sum()
+        r0 = g0 * block
         total = 0
-        for k in range(c1 - c0):
-            ptr[c0 + k + 1] = ptr[c0 + k] + counts[k]
-            total += counts[k]
+        for u in range(g1 - g0):
+            for k in range(min(block, R - (g0 + u) * block)):
+                i = (g0 + u) * block + k
+                ptr[i + 1] = ptr[i] + cnts[u, k]
+                total += cnts[u, k]
         ids = np.empty(total, dtype=np.int64)
-        val = np.empty(total, dtype=W.dtype)
+        val = np.empty(total, dtype=Wp.dtype)
         p = 0
-        for k in range(c1 - c0):
-            ids[p : p + counts[k]] = buf_r[k, : counts[k]]
-            val[p : p + counts[k]] = buf_v[k, : counts[k]]
-            p += counts[k]
+        for u in range(g1 - g0):
+            for k in range(min(block, R - (g0 + u) * block)):
+                c = cnts[u, k]
+                ids[p : p + c] = buf_r[u, k, :c]
+                val[p : p + c] = buf_v[u, k, :c]
+                p += c
         ids_parts.append(ids)
         val_parts.append(val)
     out_ids = np.empty(ptr[R], dtype=np.int64)
-    out_val = np.empty(ptr[R], dtype=W.dtype)
+    out_val = np.empty(ptr[R], dtype=Wp.dtype)
     p = 0
     for t in range(len(ids_parts)):
         q = ids_parts[t].shape[0]

@@ -56,6 +56,9 @@ class HalfSpaceEngine(SparseEngine):
         # The pruning bound is computed in float64 from float64 centers; the exact values in
         # the network's dtype may exceed the true value by a few ulps of |w||x|.
         self.margin = 64 * eps * (1.0 + abs(float(self.b)) + wmax * xmax)
+        self.Wp = W[self.perm]  # weights in leaf order: each leaf is one contiguous block
+        self.pos = np.empty(self.m, dtype=np.int64)
+        self.pos[self.perm] = np.arange(self.m)
         self.counters["rebuilds"] += 1
         self.counters["moves_since_rebuild"] = 0
 
@@ -66,7 +69,7 @@ class HalfSpaceEngine(SparseEngine):
             self.xnorm,
             float(self.b),
             self.margin,
-            self.net.W,
+            self.Wp,
             self.perm,
             self.lo,
             self.hi,
@@ -84,6 +87,7 @@ class HalfSpaceEngine(SparseEngine):
         if self.counters["moves_since_rebuild"] >= self.m:
             self.rebuild()
         else:
+            self.Wp[self.pos[neurons]] = self.net.W[neurons]
             B.grow_balls(self.net.W, neurons, self.leaf_of, self.parent, self.center, self.radius)
 
     def stats(self):
@@ -94,5 +98,5 @@ class HalfSpaceEngine(SparseEngine):
         return sum(
             a.nbytes
             for a in (self.perm, self.lo, self.hi, self.left, self.right, self.parent)
-            + (self.center, self.radius, self.leaf_of)
+            + (self.center, self.radius, self.leaf_of, self.Wp, self.pos)
         )
