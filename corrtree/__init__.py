@@ -1,6 +1,15 @@
 """corrtree: exact sparse training of wide shifted-ReLU layers with weight-data correlation
 trees (Alman, Liang, Song, Zhang, Zhuo, NeurIPS 2023)."""
 
+import os
+
+# OpenBLAS and numba's OpenMP pool take turns on the same cores. By default OpenBLAS's
+# threads spin for about 2^28 cycles after each call, holding cores numba's threads are
+# waiting for: a floor of about 8 ms per step on small problems (BENCHMARKS.md). Let them
+# sleep at once. This takes effect only if set before OpenBLAS (numpy) is loaded; a value
+# already in the environment wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from .engines import ENGINES
 from .model import ShiftedReLUNet, default_threshold, firing_probability, normalize_rows
 from .train import History, train

@@ -189,3 +189,13 @@ def test_hardness_command(capsys):
     out = capsys.readouterr().out
     assert out.count("(orthogonal)") == 2 and "WRONG" not in out
     assert "grow as n^1.00" in out
+
+
+def test_idle_blas_threads_sleep_unless_the_environment_says_otherwise():
+    code = "import os, corrtree; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.stdout.split() == ["4"], res.stderr
+    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.stdout.split() == ["20"], res.stderr

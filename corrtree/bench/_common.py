@@ -76,3 +76,42 @@ def peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
+    """(engine, dtype) per comma-separated method name, dense float64 first: ``dense64``,
+    ``dense32``, ``torch32`` (skipped with a message when PyTorch is absent), an engine name
+    (float32) or an engine name ending in ``64`` (that engine in float64)."""
+    import sys
+
+    from corrtree.engines import APPROXIMATE, ENGINES
+
+    names = list(dict.fromkeys(["dense64", *[m for m in methods.split(",") if m]]))
+    plan = []
+    for name in names:
+        if name in ("dense64", "dense32"):
+            plan.append(("dense", np.float64 if name == "dense64" else np.float32))
+        elif name == "torch32":
+            try:
+                import torch
+            except ImportError:
+                print(
+                    "torch32: PyTorch is not installed (pip install 'corrtree[torch]'): skipped",
+                    file=sys.stderr,
+                )
+                continue
+            torch.set_num_threads(threads)
+            plan.append(("torch-dense", np.float32))
+        elif name.endswith("64") and (name[:-2] in ENGINES or name[:-2] in APPROXIMATE):
+            plan.append((name[:-2], np.float64))
+        else:
+            plan.append((name, np.float32))
+    return plan
+
+
+def method_label(engine: str, dtype) -> str:
+    """How a report names a method: numpy-dense-float32, certified, certified-float64."""
+    dtype = np.dtype(dtype).name
+    if engine == "dense":
+        return f"numpy-dense-{dtype}"
+    return engine if dtype == "float32" else f"{engine}-{dtype}"

@@ -21,7 +21,14 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
-from corrtree.bench._common import header, parser, peak_rss_bytes, reset_peak_rss
+from corrtree.bench._common import (
+    header,
+    method_label,
+    parser,
+    peak_rss_bytes,
+    plan_methods,
+    reset_peak_rss,
+)
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
 from corrtree.train import thread_limit
@@ -113,7 +120,7 @@ def run_method(name, X, y, width, dtype, steps, lr, seed, W0):
     tracemalloc.stop()
     secs = [sum(i.seconds.values()) for i in infos]
     out = {
-        "method": name if name != "dense" else f"numpy-dense-{np.dtype(dtype).name}",
+        "method": method_label(name, dtype),
         "engine": name,
         "dtype": np.dtype(dtype).name,
         "preprocess_seconds": pre,
@@ -156,7 +163,7 @@ def main(argv=None):
         "--methods",
         default="dense64,dense32,torch32,certified,dtree",
         help="comma-separated: dense64 (the reference, always run), dense32, "
-        "torch32, and corrtree engine names",
+        "torch32, corrtree engine names (float32) and engine names ending in 64 (float64)",
     )
     args = p.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
@@ -171,28 +178,7 @@ def main(argv=None):
     lr = args.lr if not args.quick else 1.0
     W0 = ct.ShiftedReLUNet(X.shape[1], width, seed=args.seed).W  # float64 draw, cast per run
     W0 = W0.astype(np.float32)  # every method starts from the same float32 weights
-    methods = [mth for mth in args.methods.split(",") if mth]
-    if "dense64" not in methods:
-        methods.insert(0, "dense64")
-    plan = []
-    for mth in methods:
-        if mth == "dense64":
-            plan.append(("dense", np.float64))
-        elif mth == "dense32":
-            plan.append(("dense", np.float32))
-        elif mth == "torch32":
-            try:
-                import torch
-            except ImportError:
-                print(
-                    "torch32: PyTorch is not installed (pip install 'corrtree[torch]'): skipped",
-                    file=sys.stderr,
-                )
-                continue
-            torch.set_num_threads(args.threads)
-            plan.append(("torch-dense", np.float32))
-        else:
-            plan.append((mth, np.float32))
+    plan = plan_methods(args.methods, args.threads)
     results = []
     with thread_limit(args.threads):
         # Warm-up: compile every kernel on a tiny problem so JIT time is never measured.

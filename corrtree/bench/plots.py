@@ -133,13 +133,24 @@ def dims(r, out):
 
 
 def side_by_side(r, out, name):
+    from matplotlib.ticker import NullFormatter
+
     from corrtree.plots import save
 
     fig, ax = _fig()
     res = r["results"]
-    labels = [x["method"] for x in res]
-    ax.barh(labels, [x["median_step_seconds"] for x in res])
+    # Approximate methods (LSH, which report a recall) are grey and say so.
+    exact = ["mean_recall" not in x for x in res]
+    labels = [
+        x["method"] + ("" if ok else " (approximate)") for x, ok in zip(res, exact, strict=True)
+    ]
+    ax.barh(
+        labels,
+        [x["median_step_seconds"] for x in res],
+        color=["tab:blue" if ok else "tab:gray" for ok in exact],
+    )
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("median seconds per step (log)")
     kind = "full-batch GD" if name.startswith("gd") else f"SGD, batch {r.get('batch')}"
     ax.set_title(f"{kind}: n = {r['n']}, m = {r['m']}, {r['threads']} threads", fontsize=9)
