@@ -84,6 +84,7 @@ def main(argv=None):
         b = net.threshold
 
         X64 = X32.astype(np.float64)
+        xmax = np.linalg.norm(X64, axis=1).max()
         near = {}  # step -> pairs within float32 rounding of b (either side may be right)
 
         def dense_counts(step):
@@ -91,8 +92,8 @@ def main(argv=None):
             the pairs close enough to b for float32 summation order to decide them."""
             W = net.W.astype(np.float64)
             Z = X64 @ W.T
-            norms = np.linalg.norm(X64, axis=1).max() * np.linalg.norm(W, axis=1).max()
-            margin = (data.d + 2) * np.finfo(np.float32).eps * norms
+            wmax = np.linalg.norm(W, axis=1).max()
+            margin = (data.d + 2) * np.finfo(np.float32).eps * xmax * wmax
             near[step] = int(np.count_nonzero(np.abs(Z - b) <= margin))
             return np.count_nonzero(Z > b, axis=1)
 
