@@ -264,3 +264,57 @@ def test_dense_blocks_are_invisible(rng):
         assert a.fired_pairs == b.fired_pairs and a.changed_neurons == b.changed_neurons
         np.testing.assert_allclose(a.outputs, b.outputs, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(nets[0].W, nets[1].W, rtol=1e-12, atol=1e-14)
+
+
+def test_certified_full_and_minibatch_steps_mixed(rng):
+    """Full-batch steps read the neuron-major copy of the index, mini-batch steps the
+    point-major one; drift accumulated in either kind of step must carry over to the other.
+    The trajectory is dense's throughout."""
+    X = unit_rows(rng, 40, 5)
+    y = 3 * rng.standard_normal(40)
+    plan = [None, None, np.arange(8), None, np.arange(8, 20), np.arange(20, 40), None, None]
+    ref = ct.ShiftedReLUNet(5, 300, seed=3)
+    dense = make_engine("dense", ref, X, y[:, None])
+    net = ct.ShiftedReLUNet(5, 300, seed=3)
+    eng = make_engine("certified", net, X, y[:, None], slack=0.05)
+    for t, rows in enumerate(plan):
+        a, b = eng.step(0.8, rows), dense.step(0.8, rows)
+        assert a.fired_pairs == b.fired_pairs, f"step {t}"
+        np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+    assert eng.stats()["hot_neurons"] > eng.stats()["dense_neurons"]
+    np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
+
+
+@pytest.mark.parametrize("dense_fraction", [1e-9, 0.2])
+@pytest.mark.parametrize("batch", [None, 8])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_certified_blas_gradient_of_hot_neurons(dense_fraction, batch, dtype, rng):
+    """With blas_gradient=0 the hot neurons (all neurons with candidates at a tiny
+    dense_fraction, some of them at 0.2) are one dense block: outputs and gradient through
+    BLAS, beside the sparse pairs of the others; each step's weights equal dense's in
+    float64, and stay within float32 rounding of them in float32. The hot neurons' kept
+    copy of their weights follows W."""
+    X = unit_rows(rng, 40, 5).astype(dtype)
+    y = (3 * rng.standard_normal(40)).astype(dtype)
+    ref = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
+    dense = make_engine("dense", ref, X, y[:, None])
+    net = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
+    eng = make_engine(
+        "certified", net, X, y[:, None], dense_fraction=dense_fraction, blas_gradient=0.0
+    )
+    assert 0 < eng.n_dense <= np.unique(eng.cidx).size
+    assert (eng.n_dense < np.unique(eng.cidx).size) == (dense_fraction == 0.2)
+    calls = []
+    blas = eng._buffer
+    eng._buffer = lambda name, shape: (calls.append(name), blas(name, shape))[1]
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+    for t, rows in enumerate(batch_schedule(40, batch, 6, seed=0)):
+        a, b = eng.step(1.0, rows), dense.step(1.0, rows)
+        assert (a.fired_pairs, a.changed_neurons) == (b.fired_pairs, b.changed_neurons)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=tol["rtol"])
+        np.testing.assert_allclose(a.outputs, b.outputs, **tol)
+        np.testing.assert_allclose(net.W, ref.W, err_msg=f"step {t}", **tol)
+    assert calls.count("Ghot") == 6
+    np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
+    with pytest.raises(ValueError, match="blas_gradient must be >= 0, got -1"):
+        make_engine("certified", net, X, y[:, None], blas_gradient=-1)

@@ -179,11 +179,12 @@ def neuron_candidates(nptr, npts, nzref, xnorm, delta, hot, b, margin):
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
+def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b, with_hot):
     """Exact check, neuron by neuron, of the candidate batch rows of each neuron. Hot neurons
     (``hot_pos[r] >= 0``) take all batch rows, their values from row ``hot_pos[r]`` of
-    ``Zhot`` (computed by BLAS). The inner products are computed first, branch-free, each
-    weight row read once; the firing ones are gathered after. Returns neuron-major firing
+    ``Zhot`` (computed by BLAS), or are left out when not ``with_hot``. The inner products
+    are computed first, branch-free, each weight row read once; the firing ones are gathered
+    after. Returns neuron-major firing
     pairs (ptr over neurons, batch rows, exact values) and the number of inner products
     computed here."""
     m = W.shape[0]
@@ -210,7 +211,9 @@ def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
     for r in prange(m):
         h = hot_pos[r]
         c = 0
-        if h >= 0:
+        if h >= 0 and not with_hot:
+            pass
+        elif h >= 0:
             for k in range(R):
                 if Zhot[h, k] > b:
                     c += 1
@@ -227,7 +230,9 @@ def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b):
     for r in prange(m):
         p = counts[r]
         h = hot_pos[r]
-        if h >= 0:
+        if h >= 0 and not with_hot:
+            pass
+        elif h >= 0:
             for k in range(R):
                 if Zhot[h, k] > b:
                     out_row[p] = k
@@ -280,11 +285,14 @@ def neuron_coefficients(nptr, brows, A, E, scale, out):
             out[k] = scale * s
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta, hot):
-    """For each neuron with firing pairs: g = sum coef * x, w -= lr * g, and its drift
-    delta = ||w - w_ref|| (skipped for hot neurons, which are checked on every point anyway
-    until the next rebuild). Reads and writes each moved weight row once."""
+@njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta, hot_pos, Wh):
+    """For each neuron in ``neurons``: g = sum coef * x over its pairs, w -= lr * g, and its
+    drift delta = ||w - w_ref||. Hot neurons (``hot_pos[r] >= 0``) skip the drift (they are
+    checked on every point anyway until the next rebuild) and update their copy in row
+    ``hot_pos[r]`` of ``Wh`` too. Reads and writes each moved weight row once. The drift's
+    sum of squares is reassociated (vectorised); it is a float64 sum of float64 squares of
+    exact differences, so its rounding is far inside the engine's margin."""
     d = X.shape[1]
     for u in prange(neurons.shape[0]):
         r = neurons[u]
@@ -304,9 +312,12 @@ def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta, hot):
             for j in range(d):
                 g[j] += c * x[j]
         w = W[r]
-        if hot[r]:
+        h = hot_pos[r]
+        if h >= 0:
+            wh = Wh[h]
             for j in range(d):
                 w[j] -= lr * g[j]
+                wh[j] = w[j]
         else:
             wr = W_ref[r]
             s = 0.0
@@ -347,3 +358,71 @@ def rows_exact(ptr, ids, rows, X, W, b):
         out_ids[counts[k] : p] = out_ids[counts[k] : p][order]
         out_val[counts[k] : p] = out_val[counts[k] : p][order]
     return counts, out_ids, out_val
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def subtract_rows(W, ids, G, lr, Wh):
+    """W[ids[h]] -= lr * G[h] in place, and the result into Wh[h] (the hot neurons' copy)."""
+    d = W.shape[1]
+    for h in prange(ids.shape[0]):
+        w = W[ids[h]]
+        g = G[h]
+        wh = Wh[h]
+        for j in range(d):
+            w[j] -= lr * g[j]
+            wh[j] = w[j]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def count_above(Z, b):
+    """Per row of Z, the number of entries > b."""
+    out = np.zeros(Z.shape[0], dtype=np.int64)
+    for h in prange(Z.shape[0]):
+        c = 0
+        for k in range(Z.shape[1]):
+            if Z[h, k] > b:
+                c += 1
+        out[h] = c
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def hot_forward(Zhot, b, A, hot_ids, scale, out, T):
+    """out[k, c] += scale * sum over hot neurons h with Zhot[h, k] > b of
+    A[hot_ids[h], c] * (Zhot[h, k] - b): the hot neurons' share of the outputs, read from
+    their dense correlations. ``T`` tasks sum row ranges of Zhot into float64 buffers."""
+    nh, R = Zhot.shape
+    C = A.shape[1]
+    buf = np.zeros((T, C, R), dtype=np.float64)
+    for t in prange(T):
+        for h in range(nh * t // T, nh * (t + 1) // T):
+            a = A[hot_ids[h]]
+            z = Zhot[h]
+            for c in range(C):
+                bc = buf[t, c]
+                ac = np.float64(a[c])
+                for k in range(R):  # branch-free: max(z - b, 0)
+                    bc[k] += ac * max(np.float64(z[k]) - b, 0.0)
+    for k in prange(R):
+        for c in range(C):
+            s = 0.0
+            for t in range(T):
+                s += buf[t, c, k]
+            out[k, c] += scale * s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def hot_coefficient_matrix(Zhot, b, A, hot_ids, E, scale, out):
+    """out[h, k] = scale * sum_c A[r, c] * E[k, c] where hot neuron r = hot_ids[h] fires on
+    batch row k (Zhot[h, k] > b), else 0. ``out @ X_batch`` is then the hot neurons' gradient."""
+    nh, R = Zhot.shape
+    C = A.shape[1]
+    for h in prange(nh):
+        a = A[hot_ids[h]]
+        z = Zhot[h]
+        o = out[h]
+        for k in range(R):  # branch-free select
+            s = 0.0
+            for c in range(C):
+                s += a[c] * E[k, c]
+            o[k] = scale * s if z[k] > b else 0

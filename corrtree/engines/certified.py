@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import get_num_threads
 
 from .._kernels import sparse as S
 from .._validation import check_memory, fmt_bytes
@@ -45,6 +46,10 @@ class CertifiedEngine(Engine):
     rebuild reach this multiple of a rebuild's n * m * d (default 1).
     ``dense_fraction``: neurons with candidates on more than this fraction of the points are
     checked on the whole batch by BLAS (default 0.15, where BLAS's rate beats gathering).
+    ``blas_gradient``: the hot neurons' gradient is one BLAS product over the batch when their
+    firing pairs fill more than this fraction of (hot neuron, batch row) pairs. Default: 0.1
+    on batches of 1024 rows or more, never on smaller ones, whose rows stay in cache and are
+    gathered faster (measured on Fashion-MNIST: docs/engines.md).
     """
 
     name = "certified"
@@ -58,6 +63,7 @@ class CertifiedEngine(Engine):
         slack: float = 0.25,
         rebuild_after: float = 1.0,
         dense_fraction: float = 0.15,
+        blas_gradient: float | None = None,
         max_memory: int | None = None,
         **kwargs,
     ):
@@ -71,6 +77,9 @@ class CertifiedEngine(Engine):
         if not 0 < dense_fraction:
             raise ValueError(f"dense_fraction must be > 0, got {dense_fraction}")
         self.dense_fraction = float(dense_fraction)
+        if blas_gradient is not None and not blas_gradient >= 0:
+            raise ValueError(f"blas_gradient must be >= 0, got {blas_gradient}")
+        self.blas_gradient = blas_gradient
         self.max_memory = max_memory
         self.xnorm = np.linalg.norm(X.astype(np.float64), axis=1)
         self.xmax = float(self.xnorm.max()) if self.n else 0.0
@@ -87,6 +96,7 @@ class CertifiedEngine(Engine):
             )
         )
         self.counters.update(rebuilds=0, exact_checks=0, hot_checks=0)
+        self._scratch: dict[str, np.ndarray] = {}
         self.rebuild()
 
     # --- index ----------------------------------------------------------------------------
@@ -126,10 +136,11 @@ class CertifiedEngine(Engine):
         # they are checked like hot neurons from the start (and do not count as drift).
         dense = np.bincount(idx, minlength=self.m) > self.dense_fraction * self.n
         self.n_dense = int(dense.sum())
-        self.hot = dense
+        self.hot = np.zeros(self.m, dtype=np.bool_)
         self.hot_ids = np.zeros(0, dtype=np.int64)
         self.hot_pos = np.full(self.m, -1, dtype=np.int64)
-        self._set_hot_ids()
+        self._Wh = np.empty((0, net.d), dtype=net.dtype)
+        self._add_hot(np.flatnonzero(dense))
         self._no_hot = np.zeros((1, 1), dtype=net.dtype)
         self._hot_work = 0  # inner products spent on drifted hot neurons since this rebuild
         self.counters["rebuilds"] += 1
@@ -141,7 +152,8 @@ class CertifiedEngine(Engine):
 
     @property
     def nbytes(self) -> int:
-        return self.cidx.nbytes + self.zref.nbytes + self.cptr.nbytes + self.W_ref.nbytes
+        own = [self.cidx, self.zref, self.cptr, self.W_ref, *(self._by_neuron or ())]
+        return sum(a.nbytes for a in own)
 
     # --- one step ----------------------------------------------------------------------------
     def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
@@ -160,17 +172,40 @@ class CertifiedEngine(Engine):
         else:
             bptr, bcand = S.batch_candidates(self.cptr, self.cidx, self.zref, rows, *bound)
             col_ptr, brows, _ = S.transpose(bptr, bcand, bcand, self.m)
-        Zhot = net.W[self.hot_ids] @ self.X[rows].T if self.hot_ids.size else self._no_hot
+        Xb = self.X if full else self.X[rows]
+        nh = self.hot_ids.size
+        blas = False  # hot neurons handled as one dense block (forward and gradient by BLAS)
+        if nh:
+            Zhot = np.matmul(self._Wh[:nh], Xb.T, out=self._buffer("Zhot", (nh, rows.size)))
+            hot_fired = S.count_above(Zhot, self.b)
+            blas = hot_fired.sum() > self._blas_gradient(rows.size) * nh * rows.size
+        else:
+            Zhot = self._no_hot
         nptr, frows, fval, checks = S.neuron_exact(
-            col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b)
+            col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b), not blas
         )
         t1 = time.perf_counter()
         F, E, loss = self.forward(nptr, frows, fval, rows, neuron_major=True)
+        if blas:  # add the hot neurons' share of the outputs
+            S.hot_forward(Zhot, self.b, net._A, self.hot_ids, self.scale, F, get_num_threads())
+            E = F - self.Y[rows]
+            loss = 0.5 * float(np.sum(E.astype(np.float64) ** 2))
         t2 = time.perf_counter()
         coef = np.empty(frows.size, dtype=net.dtype)
         S.neuron_coefficients(nptr, frows, net._A, E, self.scale, coef)
         neurons = np.flatnonzero(np.diff(nptr))
         t3 = time.perf_counter()
+        lr = net.dtype.type(lr)
+        pairs, moved = frows.size, neurons.size
+        if blas:
+            # The hot neurons fire densely enough that one BLAS product over the batch beats
+            # gathering their pairs: their gradient is C_hot @ X_batch.
+            C = self._buffer("Chot", (nh, rows.size))
+            S.hot_coefficient_matrix(Zhot, self.b, net._A, self.hot_ids, E, self.scale, C)
+            G = np.matmul(C, Xb, out=self._buffer("Ghot", (nh, net.d)))
+            S.subtract_rows(net.W, self.hot_ids, G, lr, self._Wh)
+            pairs += int(hot_fired.sum())
+            moved += int(np.count_nonzero(hot_fired))
         S.neuron_step(
             nptr,
             frows,
@@ -179,10 +214,11 @@ class CertifiedEngine(Engine):
             rows,
             self.X,
             net.W,
-            net.dtype.type(lr),
+            lr,
             self.W_ref,
             self.delta,
-            self.hot,
+            self.hot_pos,
+            self._Wh,
         )
         self._hot_work += rows.size * (self.hot_ids.size - self.n_dense)
         self._after_move(neurons)
@@ -190,30 +226,54 @@ class CertifiedEngine(Engine):
         self.counters["exact_checks"] += int(checks)
         self.counters["hot_checks"] += rows.size * self.hot_ids.size
         self.counters["inner_products"] += int(checks) + rows.size * self.hot_ids.size
-        self.counters["gradient_madds"] += frows.size * net.d
+        self.counters["gradient_madds"] += pairs * net.d
         self.counters["steps"] += 1
         return StepInfo(
             loss,
-            int(frows.size),
-            int(neurons.size),
+            pairs,
+            moved,
             dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)),
             F,
         )
+
+    def _blas_gradient(self, batch: int) -> float:
+        if self.blas_gradient is not None:
+            return self.blas_gradient
+        return 0.1 if batch >= 1024 else np.inf
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A scratch array of this shape kept between steps; its first axis grows by half
+        again when it must, so a growing hot set does not reallocate at every step."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            rows = max(shape[0], 3 * (0 if buf is None else buf.shape[0]) // 2)
+            buf = self._scratch[name] = np.empty((rows, *shape[1:]), dtype=self.net.dtype)
+        return buf[: shape[0]]
 
     def _after_move(self, neurons: np.ndarray) -> None:
         """Neurons whose drift passed the slack turn hot; rebuild by the ski-rental rule."""
         newly = neurons[(self.delta[neurons] * self.xmax > self.slack) & ~self.hot[neurons]]
         if newly.size:
-            self.hot[newly] = True
-            self._set_hot_ids()
+            self._add_hot(newly)
         if self.hot_ids.size > self.n_dense and self._hot_work >= self.rebuild_after * (
             self.n * self.m
         ):
             self.rebuild()
 
-    def _set_hot_ids(self) -> None:
-        self.hot_ids = np.flatnonzero(self.hot).astype(np.int64)
-        self.hot_pos[self.hot_ids] = np.arange(self.hot_ids.size)
+    def _add_hot(self, ids: np.ndarray) -> None:
+        """Turn neurons hot. Their rows are appended to ``_Wh``, a contiguous copy of the hot
+        neurons' weights that the steps keep in sync, so that the BLAS check reads it
+        directly instead of gathering the rows from W at every step."""
+        nh = self.hot_ids.size
+        new = nh + ids.size
+        if new > self._Wh.shape[0]:
+            grown = np.empty((max(new, 3 * nh // 2), self.net.d), dtype=self.net.dtype)
+            grown[:nh] = self._Wh[:nh]
+            self._Wh = grown
+        np.take(self.net.W, ids, axis=0, out=self._Wh[nh:new])
+        self.hot[ids] = True
+        self.hot_pos[ids] = np.arange(nh, new)
+        self.hot_ids = np.concatenate([self.hot_ids, ids.astype(np.int64)])
 
     def stats(self):
         return {
