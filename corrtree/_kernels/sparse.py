@@ -178,35 +178,58 @@ def neuron_candidates(nptr, npts, nzref, xnorm, delta, hot, b, margin):
     return counts, out
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def rows_dots(w, X, rows, brows, lo, hi, vals):
+    """vals[q] = <w, X[rows[brows[q]]]> for q in [lo, hi): eight rows per pass over w, then
+    four, then one (more rows in flight hide more of the latency of gathering them)."""
+    q = lo
+    while q + 8 <= hi:
+        x0, x1 = X[rows[brows[q]]], X[rows[brows[q + 1]]]
+        x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
+        x4, x5 = X[rows[brows[q + 4]]], X[rows[brows[q + 5]]]
+        x6, x7 = X[rows[brows[q + 6]]], X[rows[brows[q + 7]]]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = w[0] * 0
+        for j in range(w.shape[0]):
+            s0 += w[j] * x0[j]
+            s1 += w[j] * x1[j]
+            s2 += w[j] * x2[j]
+            s3 += w[j] * x3[j]
+            s4 += w[j] * x4[j]
+            s5 += w[j] * x5[j]
+            s6 += w[j] * x6[j]
+            s7 += w[j] * x7[j]
+        vals[q], vals[q + 1], vals[q + 2], vals[q + 3] = s0, s1, s2, s3
+        vals[q + 4], vals[q + 5], vals[q + 6], vals[q + 7] = s4, s5, s6, s7
+        q += 8
+    while q + 4 <= hi:
+        x0, x1 = X[rows[brows[q]]], X[rows[brows[q + 1]]]
+        x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
+        s0 = s1 = s2 = s3 = w[0] * 0
+        for j in range(w.shape[0]):
+            s0 += w[j] * x0[j]
+            s1 += w[j] * x1[j]
+            s2 += w[j] * x2[j]
+            s3 += w[j] * x3[j]
+        vals[q], vals[q + 1], vals[q + 2], vals[q + 3] = s0, s1, s2, s3
+        q += 4
+    for t in range(q, hi):
+        vals[t] = dot(w, X[rows[brows[t]]])
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b, with_hot):
     """Exact check, neuron by neuron, of the candidate batch rows of each neuron. Hot neurons
     (``hot_pos[r] >= 0``) take all batch rows, their values from row ``hot_pos[r]`` of
     ``Zhot`` (computed by BLAS), or are left out when not ``with_hot``. The inner products
     are computed first, branch-free, each weight row read once; the firing ones are gathered
-    after. Returns neuron-major firing
-    pairs (ptr over neurons, batch rows, exact values) and the number of inner products
-    computed here."""
+    after. Returns neuron-major firing pairs (ptr over neurons, batch rows, exact values) and
+    the number of inner products computed here."""
     m = W.shape[0]
     R = rows.shape[0]
     vals = np.empty(brows.shape[0], dtype=W.dtype)
     for r in prange(m):
         if hot_pos[r] < 0:
-            w = W[r]
-            q, hi = col_ptr[r], col_ptr[r + 1]
-            while q + 4 <= hi:
-                x0, x1 = X[rows[brows[q]]], X[rows[brows[q + 1]]]
-                x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
-                s0 = s1 = s2 = s3 = w[0] * 0
-                for j in range(w.shape[0]):
-                    s0 += w[j] * x0[j]
-                    s1 += w[j] * x1[j]
-                    s2 += w[j] * x2[j]
-                    s3 += w[j] * x3[j]
-                vals[q], vals[q + 1], vals[q + 2], vals[q + 3] = s0, s1, s2, s3
-                q += 4
-            for t in range(q, hi):
-                vals[t] = dot(w, X[rows[brows[t]]])
+            rows_dots(W[r], X, rows, brows, col_ptr[r], col_ptr[r + 1], vals)
     counts = np.zeros(m + 1, dtype=np.int64)
     for r in prange(m):
         h = hot_pos[r]

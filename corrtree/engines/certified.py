@@ -177,8 +177,10 @@ class CertifiedEngine(Engine):
         blas = False  # hot neurons handled as one dense block (forward and gradient by BLAS)
         if nh:
             Zhot = np.matmul(self._Wh[:nh], Xb.T, out=self._buffer("Zhot", (nh, rows.size)))
-            hot_fired = S.count_above(Zhot, self.b)
-            blas = hot_fired.sum() > self._blas_gradient(rows.size) * nh * rows.size
+            threshold = self._blas_gradient(rows.size)
+            if threshold < np.inf:
+                hot_fired = S.count_above(Zhot, self.b)
+                blas = hot_fired.sum() > threshold * nh * rows.size
         else:
             Zhot = self._no_hot
         nptr, frows, fval, checks = S.neuron_exact(
