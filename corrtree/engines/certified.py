@@ -152,8 +152,8 @@ class CertifiedEngine(Engine):
 
     @property
     def nbytes(self) -> int:
-        own = [self.cidx, self.zref, self.cptr, self.W_ref, *(self._by_neuron or ())]
-        return sum(a.nbytes for a in own)
+        own = [self.cidx, self.zref, self.cptr, self.W_ref, self._Wh, *(self._by_neuron or ())]
+        return sum(a.nbytes for a in own) + sum(a.nbytes for a in self._scratch.values())
 
     # --- one step ----------------------------------------------------------------------------
     def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
