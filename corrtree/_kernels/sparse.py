@@ -232,11 +232,9 @@ def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b, with_hot):
             rows_dots(W[r], X, rows, brows, col_ptr[r], col_ptr[r + 1], vals)
     counts = np.zeros(m + 1, dtype=np.int64)
     for r in prange(m):
-        h = hot_pos[r]
+        h = hot_pos[r] if with_hot else -1  # hot neurons have no candidates: left out
         c = 0
-        if h >= 0 and not with_hot:
-            pass
-        elif h >= 0:
+        if h >= 0:
             for k in range(R):
                 if Zhot[h, k] > b:
                     c += 1
@@ -252,10 +250,8 @@ def neuron_exact(col_ptr, brows, rows, X, W, hot_pos, Zhot, b, with_hot):
     computed = 0
     for r in prange(m):
         p = counts[r]
-        h = hot_pos[r]
-        if h >= 0 and not with_hot:
-            pass
-        elif h >= 0:
+        h = hot_pos[r] if with_hot else -1
+        if h >= 0:
             for k in range(R):
                 if Zhot[h, k] > b:
                     out_row[p] = k

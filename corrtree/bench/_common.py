@@ -6,6 +6,7 @@ import datetime
 import gc
 import os
 import platform
+import sys
 
 import numpy as np
 
@@ -82,8 +83,6 @@ def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
     """(engine, dtype) per comma-separated method name, dense float64 first: ``dense64``,
     ``dense32``, ``torch32`` (skipped with a message when PyTorch is absent), an engine name
     (float32) or an engine name ending in ``64`` (that engine in float64)."""
-    import sys
-
     from corrtree.engines import APPROXIMATE, ENGINES
 
     names = list(dict.fromkeys(["dense64", *[m for m in methods.split(",") if m]]))
