@@ -97,6 +97,25 @@ def check_memory(nbytes: int, what: str, limit: int | None = None) -> None:
         )
 
 
+def max_row_norm(W: np.ndarray) -> float:
+    """The largest Euclidean norm of a row of W, in float64 (0 for no rows)."""
+    if W.shape[0] == 0:
+        return 0.0
+    return float(np.sqrt(np.max(np.einsum("ij,ij->i", W, W, dtype=np.float64))))
+
+
+def dot_margin(d: int, dtype, wmax: float, xmax: float) -> float:
+    """A rigorous bound on the rounding error of an inner product <w, x> of length d computed
+    in ``dtype`` in any summation order, fused or not: gamma_d ||w|| ||x|| with
+    gamma_d = d u / (1 - d u), u = eps / 2 (Higham, Accuracy and Stability of Numerical
+    Algorithms, 3.1), taken as (d + 2) eps (1 + wmax xmax), twice that with room for values
+    near zero. A detector whose test meets two such roundings (a stored or bounded value, and
+    the exact check) widens it by twice this, so no pair the exact check finds above b is
+    missed."""
+    eps = float(np.finfo(dtype).eps)
+    return (d + 2) * eps * (1.0 + wmax * xmax)
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -70,9 +70,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--engine",
         choices=[*sorted(ENGINES), "auto"],
-        default="dtree",
+        default="auto",
         help="how firing pairs are found and maintained; auto picks the fastest exact "
-        "engine for the sizes (default: dtree)",
+        "engine for the sizes: dense for small problems, else certified (default: auto)",
+    )
+    g.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the engine, e.g. slack=0.3 for certified (repeatable; the "
+        "engines' options are listed in docs/engines.md)",
     )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
@@ -87,9 +95,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
+    from .engines import engine_class
     from .run import RunConfig
 
-    return RunConfig(**{k: getattr(args, k) for k in RunConfig.__dataclass_fields__})
+    fields = {k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)}
+    if args.engine_opt:
+        # auto's options are those of the engine it picks; resolved again when training
+        cls = engine_class(args.engine, args.n or 10**9, args.width)
+        fields["engine_options"] = cls.parse_options(args.engine_opt)
+    return RunConfig(**fields)
 
 
 def cmd_train(args) -> int:

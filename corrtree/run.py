@@ -16,10 +16,9 @@ import numpy as np
 from . import _io
 from ._validation import check_memory
 from .datasets import load_dataset
-from .engines import ENGINES
+from .engines import ENGINES, engine_class
 from .model import ShiftedReLUNet
 from .train import auto_lr, train
-from .trees import forest_nbytes
 
 __all__ = ["RunConfig", "describe", "firing_counts", "load_model", "run_training", "summarize"]
 
@@ -39,6 +38,7 @@ class RunConfig:
     lr: float | None = None  # None: auto_lr
     batch_size: int | None = None
     engine: str = "auto"
+    engine_options: dict | None = None
     dtype: str = "float64"
     seed: int = 0
     threads: int | None = None
@@ -47,6 +47,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.engine not in ENGINES and self.engine != "auto":
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {sorted(ENGINES)}")
+        if self.engine_options is not None and not isinstance(self.engine_options, dict):
+            raise TypeError(f"engine_options must be a dict, got {self.engine_options!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.steps is None and self.epochs is None:
@@ -90,14 +92,19 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str) -> float:
 
 
 def _estimate_bytes(cfg: RunConfig, n: int, d: int, C: int) -> int:
+    """The chosen engine's own estimate, plus X, y and the network."""
     item = np.dtype(cfg.dtype).itemsize
-    rows = min(n, cfg.batch_size or n)
-    dense = 3 * rows * cfg.width * item if cfg.engine == "dense" else 0  # Z, mask, H
-    trees = {
-        "dtree": forest_nbytes(n, cfg.width, cfg.dtype),
-        "wtree": forest_nbytes(cfg.width, n, cfg.dtype),
-    }
-    return trees.get(cfg.engine, 0) + dense + (cfg.width + n) * (d + C) * item
+    cls = engine_class(cfg.engine, n, cfg.width)
+    own = cls.estimate_bytes(
+        n,
+        cfg.width,
+        d,
+        dtype=cfg.dtype,
+        n_outputs=C,
+        batch=cfg.batch_size,
+        options=cfg.engine_options,
+    )
+    return own + (cfg.width + n) * (d + C) * item
 
 
 def load_model(out: str) -> ShiftedReLUNet:
@@ -106,7 +113,7 @@ def load_model(out: str) -> ShiftedReLUNet:
         path = os.path.join(out, name)
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as f:
-                return ShiftedReLUNet.from_state({k: f[k] for k in ("W", "a", "threshold")})
+                return ShiftedReLUNet.from_state({k: f[k] for k in f.files if k != "step"})
     raise FileNotFoundError(f"no model.npz or checkpoint.npz in {out}")
 
 
@@ -189,6 +196,7 @@ def run_training(
         steps=total,
         lr=metrics["lr"],
         engine=cfg.engine,
+        engine_options=cfg.engine_options,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         threads=cfg.threads,
@@ -203,7 +211,7 @@ def run_training(
     metrics["fired_per_point_end"] = firing_counts(net, X)
     metrics["final_loss"] = net.loss(X, Y)
     if data.labels is not None:
-        metrics["final_accuracy"] = accuracy(net._outputs(X), data.labels, cfg.targets)
+        metrics["final_accuracy"] = accuracy(net.outputs(X), data.labels, cfg.targets)
     summary = summarize(metrics, net, data.n)
     metrics["summary"] = summary
     _io.write_npz(os.path.join(out, "model.npz"), **net.state_dict())

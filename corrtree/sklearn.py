@@ -21,7 +21,8 @@ class _SparseReLUBase(BaseEstimator):
         threshold: float | None = None,
         steps: int = 100,
         lr: float | None = None,
-        engine: str = "dtree",
+        engine: str = "auto",
+        engine_options: dict | None = None,
         batch_size: int | None = None,
         dtype: str = "float64",
         normalize: bool = True,
@@ -33,6 +34,7 @@ class _SparseReLUBase(BaseEstimator):
         self.steps = steps
         self.lr = lr
         self.engine = engine
+        self.engine_options = engine_options
         self.batch_size = batch_size
         self.dtype = dtype
         self.normalize = normalize
@@ -61,6 +63,7 @@ class _SparseReLUBase(BaseEstimator):
             steps=self.steps,
             lr=lr,
             engine=self.engine,
+            engine_options=self.engine_options,
             batch_size=self.batch_size,
             seed=self.random_state,
             threads=self.threads,
@@ -70,7 +73,7 @@ class _SparseReLUBase(BaseEstimator):
     def _outputs(self, X) -> np.ndarray:
         check_is_fitted(self, "net_")
         X = self._inputs(X, reset=False)
-        return self.net_._outputs(X.astype(self.net_.dtype))
+        return self.net_.outputs(X.astype(self.net_.dtype))
 
 
 class SparseReLURegressor(RegressorMixin, _SparseReLUBase):

@@ -11,10 +11,24 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ._validation import as_positive_int, as_scalar
-from .engines import make_engine
-from .engines.base import PHASES
+from .engines import engine_class
+from .engines.base import PHASES, Engine, StepInfo
 
-__all__ = ["History", "auto_lr", "batch_schedule", "train"]
+__all__ = ["DivergenceError", "History", "auto_lr", "batch_schedule", "take_step", "train"]
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced non-finite outputs, loss or weights (the step size is too large for
+    the data's scale). ``step`` is the step at which it was seen, ``last_loss`` the last
+    finite loss."""
+
+    def __init__(self, step: int, what: str, last_loss: float | None):
+        self.step, self.last_loss = step, last_loss
+        last = "none" if last_loss is None else f"{last_loss:.6g}"
+        super().__init__(
+            f"training diverged at step {step}: {what} (last finite loss {last}); lower the "
+            "learning rate (--lr) and keep inputs normalised"
+        )
 
 
 @dataclass
@@ -76,20 +90,59 @@ def batch_schedule(
             yield np.sort(perm[k * batch_size : (k + 1) * batch_size]).astype(np.int64)
 
 
+def take_step(engines, Y: np.ndarray, lr: float, rows: np.ndarray | None = None) -> StepInfo:
+    """One gradient step of the engines (one engine, or several over disjoint blocks of
+    neurons of one network) on the batch ``rows`` (None: all points): their partial outputs
+    summed in the given order, the residuals E = F - Y, the loss, then every engine's
+    backward pass with E and its maintenance. Returns the step's ``StepInfo``."""
+    engines = (engines,) if isinstance(engines, Engine) else tuple(engines)
+    seconds = dict.fromkeys(PHASES, 0.0)
+    t0 = time.perf_counter()
+    firing = [e.detect(rows) for e in engines]
+    t1 = time.perf_counter()
+    F = engines[0].forward(firing[0])
+    for e, f in zip(engines[1:], firing[1:], strict=True):
+        F += e.forward(f)
+    E = F - (Y if rows is None else Y[rows])
+    e64 = E.ravel().astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is divergence, seen later
+        loss = 0.5 * float(np.dot(e64, e64))
+    t2 = time.perf_counter()
+    moved = [e.backward(f, E, lr) for e, f in zip(engines, firing, strict=True)]
+    t3 = time.perf_counter()
+    for e, mv in zip(engines, moved, strict=True):
+        e.maintain(mv)
+    t4 = time.perf_counter()
+    for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        seconds[p] = dt
+    return StepInfo(
+        loss,
+        sum(f.pairs for f in firing),
+        sum(int(mv.size) for mv in moved),
+        seconds,
+        F,
+        rows,
+    )
+
+
 @contextmanager
 def thread_limit(threads: int | None):
-    """Limit numba and BLAS threads inside the block (None leaves them as they are)."""
-    if threads is None:
-        yield
-        return
+    """Run corrtree's work on ``threads`` threads (None: numba's current count): numba's
+    kernels, and large products split by corrtree over its own threads while the BLAS
+    library runs single-threaded (``corrtree._blas``), so that idle BLAS threads never spin
+    on the cores the kernels need, whatever the import order."""
     import numba
-    from threadpoolctl import threadpool_limits
 
-    threads = as_positive_int(threads, "threads")
+    from ._blas import split_products
+
+    if threads is None:
+        n = numba.get_num_threads()
+    else:
+        n = min(as_positive_int(threads, "threads"), numba.config.NUMBA_NUM_THREADS)
     old = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
     try:
-        with threadpool_limits(limits=threads):
+        with split_products(n):
             yield
     finally:
         numba.set_num_threads(old)
@@ -103,7 +156,8 @@ def train(
     steps: int | None = None,
     epochs: int | None = None,
     lr: float,
-    engine: str = "dense",
+    engine="auto",
+    engine_options: dict | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     threads: int | None = None,
@@ -115,12 +169,18 @@ def train(
     """Train ``net`` (in place) on (X, y) and return its ``History``.
 
     Give ``steps`` or ``epochs`` (an epoch is ceil(n / batch_size) steps; one step for full
-    batch). ``engine`` is one of ``corrtree.ENGINES``. ``callback(t, net, info)`` runs after
-    each step. ``start_step`` resumes a schedule part way (the batches stay the same).
+    batch). ``engine``: a name in ``corrtree.ENGINES``, ``"auto"`` (the default: dense for
+    small problems, else certified) or an ``Engine`` subclass; ``engine_options``: that
+    engine's declared options (``engine_class(...).Options``). ``callback(t, net, info)``
+    runs after each step. ``start_step`` resumes a schedule part way (the batches stay the
+    same). Non-finite outputs, loss or weights stop the run with a ``DivergenceError``.
     """
     X = net.check_X(X)
     Y = net.check_y(y, X.shape[0])
+    net.validate()
     n = X.shape[0]
+    if n == 0:
+        raise ValueError("X has no rows: training needs at least one data point")
     lr = as_scalar(lr, "lr")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -133,22 +193,33 @@ def train(
         steps = as_positive_int(epochs, "epochs") * per_epoch
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    hist = History(engine=engine, batch_size=batch_size)
+    if isinstance(start_step, bool) or not isinstance(start_step, int | np.integer):
+        raise TypeError(f"start_step must be an integer, got {start_step!r}")
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be in [0, steps={steps}], got {start_step}")
+    cls = engine_class(engine, n, net.width)
+    options = cls.make_options(engine_options)
+    hist = History(engine=cls.name, batch_size=batch_size)
     with thread_limit(threads):
         t0 = time.perf_counter()
-        eng = make_engine(engine, net, X, Y, max_memory=max_memory)
+        eng = cls(net, X, options, max_memory=max_memory)
         hist.preprocess_seconds = time.perf_counter() - t0
-        hist.engine = eng.name
         batches = batch_schedule(n, batch_size, steps, seed, start_step)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps - start_step, desc=f"train [{engine}]", unit="step")
+            bar = tqdm(total=steps - start_step, desc=f"train [{cls.name}]", unit="step")
+        watch = _DivergenceWatch(net)
+        t = start_step - 1
         try:
             for t, rows in enumerate(batches, start=start_step):
-                info = eng.step(lr, rows)
-                info.rows = rows
+                try:
+                    info = take_step(eng, Y, lr, rows)
+                except Exception as e:  # an engine that met non-finite weights first
+                    watch.after_failure(t, e)
+                    raise
+                watch(t, info)
                 hist.append(info)
                 if bar is not None:
                     bar.set_postfix(
@@ -160,8 +231,46 @@ def train(
                     bar.update()
                 if callback is not None:
                     callback(t, net, info)
+            if t >= start_step:
+                watch(t, None, final=True)
         finally:
             if bar is not None:
                 bar.close()
     hist.stats = eng.stats()
     return hist
+
+
+class _DivergenceWatch:
+    """Stops a diverging run. The loss (which covers the outputs) is checked at every step.
+    Weights can turn NaN while the loss stays finite (a NaN neuron never fires again), so
+    they are checked too, by their float64 sum: every step while that costs little, else
+    every k steps with k chosen to keep the checks under 1% of the training time, and
+    always after the last step."""
+
+    def __init__(self, net):
+        self.net, self.last, self.every, self.since, self.spent = net, None, 1, 0, 0.0
+
+    def after_failure(self, t: int, error: Exception) -> None:
+        if isinstance(error, FloatingPointError):
+            raise DivergenceError(t, str(error), self.last) from error
+        if not np.isfinite(np.sum(self.net.W, dtype=np.float64)):
+            raise DivergenceError(t, "the weights hold NaN or inf", self.last) from error
+
+    def __call__(self, t: int, info: StepInfo, final: bool = False) -> None:
+        if not final:
+            if not math.isfinite(info.loss):
+                raise DivergenceError(t, f"the loss is {info.loss}", self.last)
+            self.last = info.loss
+            self.since += 1
+            self.spent += sum(info.seconds.values())
+            if self.since < self.every:
+                return
+        t0 = time.perf_counter()
+        ok = np.isfinite(np.sum(self.net.W, dtype=np.float64))
+        cost = time.perf_counter() - t0
+        if not ok:
+            raise DivergenceError(t, "the weights hold NaN or inf", self.last)
+        if not final:
+            per_step = self.spent / self.since
+            self.every = max(1, math.ceil(100 * cost / per_step)) if per_step > 0 else 1
+            self.since, self.spent = 0, 0.0

@@ -21,13 +21,14 @@ from ._validation import (
     FLOAT_DTYPES,
     as_float_array,
     as_index,
+    as_positive_int,
     as_scalar,
     check_memory,
 )
 
 __all__ = ["CorrelationDTree", "CorrelationWTree", "forest_nbytes"]
 
-_CHUNK_BYTES = 64 << 20  # temporaries of the blocked Init
+CHUNK_BYTES = 64 << 20  # default size of the blocked Init's temporaries
 
 
 def _pow2(L: int) -> int:
@@ -45,7 +46,9 @@ class _CorrelationForest:
     _rows_are_data: bool
     _row_name: str
 
-    def __init__(self, W, X, *, dtype=None, max_memory: int | None = None):
+    def __init__(
+        self, W, X, *, dtype=None, max_memory: int | None = None, chunk_bytes: int = CHUNK_BYTES
+    ):
         W = as_float_array(W, "W", 2)
         X = as_float_array(X, "X", 2)
         if dtype is None:
@@ -86,7 +89,8 @@ class _CorrelationForest:
             ),
             0,
         )
-        step = max(1, _CHUNK_BYTES // (L * dtype.itemsize))
+        chunk_bytes = as_positive_int(chunk_bytes, "chunk_bytes")
+        step = max(1, chunk_bytes // (L * dtype.itemsize))  # trees built per block
         for lo in range(0, R, step):
             rows = np.arange(lo, min(R, lo + step))
             self._build_rows(rows, self._correlate_rows(rows))
@@ -208,7 +212,13 @@ class _CorrelationForest:
         if rows is None:
             rows = np.arange(R, dtype=np.int64)
         else:
-            rows = np.asarray(rows, dtype=np.int64)
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+                raise TypeError(
+                    f"rows must be a 1-D array of integer ids, got {rows.dtype} of shape "
+                    f"{rows.shape}"
+                )
+            rows = rows.astype(np.int64)
             if rows.size and (rows.min() < 0 or rows.max() >= R):
                 raise IndexError(f"{self._row_name} ids must be in [0, {R})")
         indptr, ids, vals, visited = K.query_rows(self._trees, rows, tau)

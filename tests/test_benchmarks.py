@@ -38,7 +38,7 @@ def test_quick_benchmark_is_exact(results, name):
 def test_gd_report(results):
     report = json.loads((results / "gd.json").read_text())
     methods = [r["method"] for r in report["results"]]
-    assert methods[0] == "numpy-dense-float64"
+    assert methods[0] == "dense-float64"
     assert {"certified", "dtree", "wtree", "halfspace"} <= set(methods)
     assert all(len(r["loss"]) == report["steps"] for r in report["results"])
 
@@ -68,12 +68,12 @@ def test_plots_from_json(results, tmp_path):
 def test_gd_flags_a_wrong_engine(monkeypatch):
     from corrtree.engines.certified import CertifiedEngine
 
-    original = CertifiedEngine.step
+    original = CertifiedEngine.backward
 
-    def wrong(self, lr, rows=None):  # a wrong step size: fast and wrong
-        return original(self, 3 * lr, rows)
+    def wrong(self, firing, E, lr):  # a wrong step size: fast and wrong
+        return original(self, firing, E, 3 * lr)
 
-    monkeypatch.setattr(CertifiedEngine, "step", wrong)
+    monkeypatch.setattr(CertifiedEngine, "backward", wrong)
     report = gd.main(["--quick", "--methods", "certified"])
     (cert,) = [r for r in report["results"] if r["method"] == "certified"]
     assert not cert["exact_within_tolerance"]

@@ -87,17 +87,17 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path, monkeypatch, engi
     broken = tmp_path / "broken"
     calls = {"n": 0}
     engine_cls = ENGINES[engine]
-    original = engine_cls.step
+    original = engine_cls.detect
 
-    def flaky(self, lr, rows=None):
+    def flaky(self, rows):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, lr, rows)
+        return original(self, rows)
 
-    monkeypatch.setattr(engine_cls, "step", flaky)
+    monkeypatch.setattr(engine_cls, "detect", flaky)
     assert cli.main(["train", *args, "--out", str(broken)]) == 130
-    monkeypatch.setattr(engine_cls, "step", original)
+    monkeypatch.setattr(engine_cls, "detect", original)
     assert not (broken / "model.npz").exists()
     assert (broken / "checkpoint.npz").exists()
     assert len(json.loads((broken / "metrics.json").read_text())["steps"]) == 3

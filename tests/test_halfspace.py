@@ -3,7 +3,7 @@ containing moved neurons, and pruning that works in low dimension and fails in h
 
 import numpy as np
 import pytest
-from conftest import unit_rows
+from conftest import Stepper, unit_rows
 
 import corrtree as ct
 from corrtree._kernels import balltree as B
@@ -23,10 +23,10 @@ def test_ball_tree_queries_match_brute_force(m, d, leaf, rng):
     X = unit_rows(rng, 40, d)
     net = ct.ShiftedReLUNet(d, m, threshold=0.8, seed=0)
     net.W = W
-    eng = make_engine("halfspace", net, X, np.zeros((40, 1)), leaf_size=leaf)
+    eng = make_engine("halfspace", net, X, {"leaf_size": leaf})
     for b in (-10.0, 0.0, 0.8, 2.0, 100.0):
         eng.b = np.float64(b)
-        ptr, ids, val = eng.detect(np.arange(40, dtype=np.int64))
+        ptr, ids, val = eng.find(np.arange(40, dtype=np.int64))
         ref, Z = brute(W, X, b)
         for i in range(40):
             np.testing.assert_array_equal(ids[ptr[i] : ptr[i + 1]], ref[i])
@@ -37,10 +37,11 @@ def test_ball_tree_queries_match_brute_force(m, d, leaf, rng):
 
 def test_every_ball_contains_its_neurons_after_moves(rng):
     W = rng.standard_normal((500, 5))
-    perm, lo, hi, left, right, parent, center, radius, leaf_of = B.build(W, 16)
+    tree = B.BallTree(*B.build(W, 16))
+    perm, lo, hi, left, right, parent, center, radius, leaf_of = tree
     moved = rng.choice(500, 100, replace=False).astype(np.int64)
     W[moved] += 0.5 * rng.standard_normal((100, 5))
-    B.grow_balls(W, moved, leaf_of, parent, center, radius)
+    B.grow_balls(W, moved, tree)
     for node in range(lo.size):
         members = W[perm[lo[node] : hi[node]]]
         dist = np.linalg.norm(members - center[node], axis=1)
@@ -55,9 +56,9 @@ def test_pruning_in_low_dimension_only(rng):
     for d in (2, 256):
         X = unit_rows(rng, 20, d)
         net = ct.ShiftedReLUNet(d, 4096, seed=0)
-        eng = make_engine("halfspace", net, X, np.zeros((20, 1)))
+        eng = Stepper("halfspace", net, X, np.zeros((20, 1)))
         eng.detect(np.arange(20, dtype=np.int64))
-        visited[d] = eng.counters["nodes_visited"] / (20 * eng.lo.size)
+        visited[d] = eng.counters["nodes_visited"] / (20 * eng.tree.lo.size)
     assert visited[2] < 0.4 and visited[256] > 0.9, visited
 
 
@@ -71,5 +72,5 @@ def test_rebuild_after_m_moves(rng):
 
 def test_leaf_size_error(rng):
     net = ct.ShiftedReLUNet(3, 10)
-    with pytest.raises(ValueError, match="leaf_size must be a positive integer, got 0"):
-        make_engine("halfspace", net, unit_rows(rng, 5, 3), np.zeros((5, 1)), leaf_size=0)
+    with pytest.raises(ValueError, match="option leaf_size must be >= 1, got 0"):
+        Stepper("halfspace", net, unit_rows(rng, 5, 3), np.zeros((5, 1)), leaf_size=0)

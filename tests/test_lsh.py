@@ -4,11 +4,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import unit_rows
+from conftest import Stepper, unit_rows
 
 import corrtree as ct
 from corrtree._kernels import lsh as H
-from corrtree.engines import ENGINES, make_engine
+from corrtree.engines import ENGINES
 
 pytestmark = pytest.mark.boundscheck
 
@@ -16,13 +16,13 @@ pytestmark = pytest.mark.boundscheck
 def setup(rng, n=30, d=6, m=400, **kw):
     X = unit_rows(rng, n, d)
     net = ct.ShiftedReLUNet(d, m, seed=1)
-    return net, X, make_engine("lsh", net, X, np.zeros((n, 1)), **kw)
+    return net, X, Stepper("lsh", net, X, np.zeros((n, 1)), **kw)
 
 
 @pytest.mark.parametrize("hash", ["simhash", "dwta"])
 def test_found_pairs_are_true_pairs_with_exact_values(hash, rng):
     net, X, eng = setup(rng, hash=hash, K=6, L=3, bin_size=4)
-    ptr, ids, val = eng.detect(np.arange(30, dtype=np.int64))
+    ptr, ids, val = eng.find(np.arange(30, dtype=np.int64))
     Z = X @ net.W.T
     found = 0
     for i in range(30):
@@ -59,8 +59,8 @@ def test_many_tables_recover_dense_training(rng):
     X = unit_rows(rng, 20, 5)
     y = rng.standard_normal(20)
     nets = [ct.ShiftedReLUNet(5, 150, seed=2) for _ in range(2)]
-    lsh = make_engine("lsh", nets[0], X, y[:, None], K=1, L=64, rebuild_every=1)
-    dense = make_engine("dense", nets[1], X, y[:, None])
+    lsh = Stepper("lsh", nets[0], X, y[:, None], K=1, L=64, rebuild_every=1)
+    dense = Stepper("dense", nets[1], X, y[:, None])
     for _ in range(4):
         a, b = lsh.step(0.5), dense.step(0.5)
         assert a.fired_pairs == b.fired_pairs
@@ -73,16 +73,16 @@ def test_lsh_is_not_an_exact_engine_and_errors(rng):
     X = unit_rows(rng, 5, 4)
     net = ct.ShiftedReLUNet(4, 20)
     Y = np.zeros((5, 1))
-    with pytest.raises(ValueError, match="hash must be 'simhash' or 'dwta', got 'md5'"):
-        make_engine("lsh", net, X, Y, hash="md5")
-    with pytest.raises(ValueError, match="K must be a positive integer, got 0"):
-        make_engine("lsh", net, X, Y, K=0)
+    with pytest.raises(ValueError, match="option hash must be 'simhash' or 'dwta', got 'md5'"):
+        Stepper("lsh", net, X, Y, hash="md5")
+    with pytest.raises(ValueError, match="option K must be >= 1, got 0"):
+        Stepper("lsh", net, X, Y, K=0)
     with pytest.raises(ValueError, match="hash codes of 64 bits"):
-        make_engine("lsh", net, X, Y, K=64)
+        Stepper("lsh", net, X, Y, K=64)
 
 
 def test_faiss_missing_is_a_clear_error(monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "faiss", None)
     net = ct.ShiftedReLUNet(4, 20)
     with pytest.raises(ImportError, match=r"pip install 'corrtree\[faiss\]'"):
-        make_engine("faiss", net, unit_rows(rng, 5, 4), np.zeros((5, 1)))
+        Stepper("faiss", net, unit_rows(rng, 5, 4), np.zeros((5, 1)))

@@ -29,11 +29,11 @@ def test_sklearn_checks(estimator, check):
 def test_classifier_engines_agree(engine):
     X, y = load_digits(return_X_y=True)
     X, y = X[:300], y[:300]
-    ref = SparseReLUClassifier(width=1024, steps=8, engine="dense").fit(X, y)
-    clf = SparseReLUClassifier(width=1024, steps=8, engine=engine).fit(X, y)
+    ref = SparseReLUClassifier(width=1024, steps=8, lr=0.25, engine="dense").fit(X, y)
+    clf = SparseReLUClassifier(width=1024, steps=8, lr=0.25, engine=engine).fit(X, y)
     np.testing.assert_allclose(clf.net_.W, ref.net_.W, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(clf.predict(X), ref.predict(X))
-    assert clf.score(X, y) > 0.3  # 10 classes: chance is 0.1
+    assert clf.score(X, y) > 0.7  # 10 classes: chance is 0.1
 
 
 def test_regressor_matches_train():
@@ -45,6 +45,6 @@ def test_regressor_matches_train():
     Xn = ct.normalize_rows(X)
     ct.train(net, Xn, y, steps=3, lr=0.1, engine="dtree")
     np.testing.assert_allclose(reg.predict(X), net.predict(Xn), rtol=1e-9)
-    assert reg.get_params()["engine"] == "dtree"
+    assert reg.get_params()["engine"] == "auto"
     reg.set_params(engine="wtree")
     assert reg.engine == "wtree"

@@ -4,7 +4,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import unit_rows
+from conftest import Stepper, unit_rows
 
 import corrtree as ct
 from corrtree.engines import choose_engine, make_engine
@@ -202,7 +202,7 @@ def test_certified_engine_hot_neurons_and_rebuilds(rebuild_after, counter, rng):
     _, h_ref, w_ref = run("dense", X, y, width=300, steps=8, lr=2.0)
     net = ct.ShiftedReLUNet(5, 300, seed=3)
     weights = []
-    eng = make_engine("certified", net, X, y[:, None], slack=0.01, rebuild_after=rebuild_after)
+    eng = Stepper("certified", net, X, y[:, None], slack=0.01, rebuild_after=rebuild_after)
     for _ in range(8):
         eng.step(2.0)
         weights.append(net.W.copy())
@@ -225,7 +225,7 @@ def test_certified_memory_refusal(rng):
     X = unit_rows(rng, 50, 3)
     net = ct.ShiftedReLUNet(3, 1000)
     with pytest.raises(MemoryError, match="candidate index"):
-        make_engine("certified", net, X, np.zeros((50, 1)), max_memory=1000)
+        make_engine("certified", net, X, max_memory=1000)
 
 
 @pytest.mark.parametrize("dense_fraction", [1.0, 1e-9])
@@ -237,9 +237,9 @@ def test_certified_dense_neurons(dense_fraction, rng):
     for batch in (None, 8):
         _, h_ref, w_ref = run("dense", X, y, width=300, steps=6, lr=1.0, batch_size=batch)
         net = ct.ShiftedReLUNet(5, 300, seed=3)
-        eng = make_engine("certified", net, X, y[:, None], dense_fraction=dense_fraction)
+        eng = Stepper("certified", net, X, y[:, None], dense_fraction=dense_fraction)
         dense = eng.stats()["dense_neurons"]
-        with_candidates = np.unique(eng.cidx).size
+        with_candidates = np.unique(eng.index.ids).size
         assert dense == (0 if dense_fraction == 1.0 else with_candidates)
         assert with_candidates > 100
         rows = batch_schedule(40, batch, 6, seed=0)
@@ -254,8 +254,8 @@ def test_dense_blocks_are_invisible(rng):
     y = rng.standard_normal(23)
     nets = [ct.ShiftedReLUNet(4, 200, seed=1) for _ in range(2)]
     engines = [
-        make_engine("dense", nets[0], X, y[:, None]),
-        make_engine("dense", nets[1], X, y[:, None], block_bytes=1),
+        Stepper("dense", nets[0], X, y[:, None]),
+        Stepper("dense", nets[1], X, y[:, None], buffer_bytes=1),
     ]
     assert engines[1].block == 1
     for rows in (None, np.arange(3, 20, dtype=np.int64), None):
@@ -274,9 +274,9 @@ def test_certified_full_and_minibatch_steps_mixed(rng):
     y = 3 * rng.standard_normal(40)
     plan = [None, None, np.arange(8), None, np.arange(8, 20), np.arange(20, 40), None, None]
     ref = ct.ShiftedReLUNet(5, 300, seed=3)
-    dense = make_engine("dense", ref, X, y[:, None])
+    dense = Stepper("dense", ref, X, y[:, None])
     net = ct.ShiftedReLUNet(5, 300, seed=3)
-    eng = make_engine("certified", net, X, y[:, None], slack=0.05)
+    eng = Stepper("certified", net, X, y[:, None], slack=0.05)
     for t, rows in enumerate(plan):
         a, b = eng.step(0.8, rows), dense.step(0.8, rows)
         assert a.fired_pairs == b.fired_pairs, f"step {t}"
@@ -297,16 +297,14 @@ def test_certified_blas_gradient_of_hot_neurons(dense_fraction, batch, dtype, rn
     X = unit_rows(rng, 40, 5).astype(dtype)
     y = (3 * rng.standard_normal(40)).astype(dtype)
     ref = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
-    dense = make_engine("dense", ref, X, y[:, None])
+    dense = Stepper("dense", ref, X, y[:, None])
     net = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
-    eng = make_engine(
-        "certified", net, X, y[:, None], dense_fraction=dense_fraction, blas_gradient=0.0
-    )
-    assert 0 < eng.n_dense <= np.unique(eng.cidx).size
-    assert (eng.n_dense < np.unique(eng.cidx).size) == (dense_fraction == 0.2)
+    eng = Stepper("certified", net, X, y[:, None], dense_fraction=dense_fraction, blas_gradient=0.0)
+    assert 0 < eng.n_dense <= np.unique(eng.index.ids).size
+    assert (eng.n_dense < np.unique(eng.index.ids).size) == (dense_fraction == 0.2)
     calls = []
     blas = eng._buffer
-    eng._buffer = lambda name, shape: (calls.append(name), blas(name, shape))[1]
+    eng.engine._buffer = lambda name, shape: (calls.append(name), blas(name, shape))[1]
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
     for t, rows in enumerate(batch_schedule(40, batch, 6, seed=0)):
         a, b = eng.step(1.0, rows), dense.step(1.0, rows)
@@ -316,5 +314,5 @@ def test_certified_blas_gradient_of_hot_neurons(dense_fraction, batch, dtype, rn
         np.testing.assert_allclose(net.W, ref.W, err_msg=f"step {t}", **tol)
     assert calls.count("Ghot") == 6
     np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
-    with pytest.raises(ValueError, match="blas_gradient must be >= 0, got -1"):
-        make_engine("certified", net, X, y[:, None], blas_gradient=-1)
+    with pytest.raises(ValueError, match="option blas_gradient must be >= 0, got -1"):
+        Stepper("certified", net, X, y[:, None], blas_gradient=-1)

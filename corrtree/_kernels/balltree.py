@@ -9,10 +9,25 @@ visits nearly every node (the curse of dimensionality).
 
 Layout: nodes 0..N-1, root 0; ``left``/``right`` are -1 at leaves; ``lo``/``hi`` index
 ``perm``; ``leaf_of[r]`` is the leaf holding neuron r and ``parent`` links nodes upward.
+The arrays travel together as one ``BallTree`` named tuple.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+
+class BallTree(NamedTuple):
+    perm: np.ndarray  # neuron ids in leaf order
+    lo: np.ndarray  # node's neurons are perm[lo:hi]
+    hi: np.ndarray
+    left: np.ndarray  # children, -1 at leaves
+    right: np.ndarray
+    parent: np.ndarray  # -1 at the root
+    center: np.ndarray  # (nodes, d)
+    radius: np.ndarray
+    leaf_of: np.ndarray  # leaf holding neuron r
 
 
 @njit(nogil=True, cache=True)
@@ -117,14 +132,14 @@ def build(W, leaf_size):
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _query_block(
-    X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center, radius, out_r, out_v, cnt
-):
+def _query_block(X, rows, xnorm, b, margin, Wp, tree, out_r, out_v, cnt):
     """Half-space queries for a block of points walked through the tree together: a node is
     entered with the points still alive at its parent, keeps those whose bound passes, and a
     leaf computes the products of its weights (contiguous in ``Wp``, the weights in leaf
     order) with its alive points, so each leaf is read once per block, not once per point.
     Returns (nodes visited summed over points, inner products)."""
+    perm, lo, hi, left, right = tree.perm, tree.lo, tree.hi, tree.left, tree.right
+    center, radius = tree.center, tree.radius
     B = rows.shape[0]
     d = Wp.shape[1]
     depth_cap = 128
@@ -182,7 +197,7 @@ def _query_block(
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def query_rows(X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center, radius):
+def query_rows(X, rows, xnorm, b, margin, Wp, tree):
     """Half-space queries for the given rows of X, in blocks of points: point-major CSR
     (ptr, ids, values) with ids sorted within each row, plus the nodes visited (summed over
     points) and inner products computed. ``Wp`` holds the weights in leaf order
@@ -208,22 +223,7 @@ def query_rows(X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center,
             r0 = (g0 + u) * block
             brows = rows[r0 : min(R, r0 + block)]
             vis[u], prod[u] = _query_block(
-                X,
-                brows,
-                xnorm,
-                b,
-                margin,
-                Wp,
-                perm,
-                lo,
-                hi,
-                left,
-                right,
-                center,
-                radius,
-                buf_r[u],
-                buf_v[u],
-                cnts[u],
+                X, brows, xnorm, b, margin, Wp, tree, buf_r[u], buf_v[u], cnts[u]
             )
             for k in range(brows.shape[0]):
                 c = cnts[u, k]
@@ -262,10 +262,11 @@ def query_rows(X, rows, xnorm, b, margin, Wp, perm, lo, hi, left, right, center,
 
 
 @njit(nogil=True, cache=True)
-def grow_balls(W, neurons, leaf_of, parent, center, radius):
+def grow_balls(W, neurons, tree):
     """After ``neurons`` moved: widen the radius of every ball on the way from each one's
     leaf to the root so that it still contains the neuron. Centers stay; balls only grow,
     so every bound stays valid (pruning only gets weaker until the next rebuild)."""
+    leaf_of, parent, center, radius = tree.leaf_of, tree.parent, tree.center, tree.radius
     d = W.shape[1]
     for u in range(neurons.shape[0]):
         r = neurons[u]

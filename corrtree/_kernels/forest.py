@@ -49,13 +49,15 @@ def build(trees, leaves):
 
 @njit(parallel=True, nogil=True, cache=True)
 def build_rows(trees, rows, leaves):
-    """Rebuild the trees ``rows[k]`` from ``leaves[k]``."""
+    """Rebuild the trees ``rows[k]`` from ``leaves[k]`` (padding leaves set to -inf)."""
     L = leaves.shape[1]
     P = (trees.shape[1] + 1) // 2
     for k in prange(rows.shape[0]):
         row = trees[rows[k]]
         for j in range(L):
             row[P - 1 + j] = leaves[k, j]
+        for j in range(L, P):
+            row[P - 1 + j] = -np.inf
         _fix_internal(row, P)
 
 

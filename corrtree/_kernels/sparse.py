@@ -5,8 +5,40 @@ Firing pairs are held in CSR form. *Point-major*: ``indptr`` over data points (o
 transpose. Every kernel is O(pairs) or O(pairs * d); none touches a non-firing pair.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
+
+
+class Pairs(NamedTuple):
+    """CSR pairs: ``ptr`` over one side (neurons or batch rows), ``ids`` on the other side,
+    one value per pair."""
+
+    ptr: np.ndarray
+    ids: np.ndarray
+    val: np.ndarray
+
+
+class Certificate(NamedTuple):
+    """What the drift bound zref + delta_r ||x_i|| > b - margin needs: per-point norms,
+    per-neuron drift, the hot flags (hot neurons are checked on every point instead)."""
+
+    xnorm: np.ndarray
+    delta: np.ndarray
+    hot: np.ndarray
+    b: float
+    margin: float
+
+
+class Drift(NamedTuple):
+    """The certified engine's per-neuron state written by a step: reference weights, drift,
+    position of each hot neuron in ``Wh`` (-1 if not hot), the hot neurons' weight copy."""
+
+    W_ref: np.ndarray
+    delta: np.ndarray
+    hot_pos: np.ndarray
+    Wh: np.ndarray
 
 
 @njit(nogil=True, cache=True)
@@ -87,35 +119,42 @@ def select_rows(indptr, idx, val, rows):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def candidates_from_block(Z, b_low, row_offset, counts_only, ptr, idx, val):
-    """Candidate pairs of a block of correlations Z (rows = points): entries > b_low.
-
-    With ``counts_only`` fills ptr[row_offset + k + 1] with the count of row k; otherwise
-    writes ids and values at ptr[row_offset + k].
-    """
+def extract_candidates(Z, b_low):
+    """The entries > b_low of a block of correlations Z (rows = points, columns = neurons):
+    point-major CSR (ptr over the block's rows, int32 neuron ids in increasing order, values),
+    from one pass of counting and one of filling over Z."""
     R, M = Z.shape
+    ptr = np.zeros(R + 1, dtype=np.int64)
     for k in prange(R):
         row = Z[k]
-        if counts_only:
-            c = 0
-            for r in range(M):
-                if row[r] > b_low:
-                    c += 1
-            ptr[row_offset + k + 1] = c
-        else:
-            p = ptr[row_offset + k]
-            for r in range(M):
-                if row[r] > b_low:
-                    idx[p] = r
-                    val[p] = row[r]
-                    p += 1
+        c = 0
+        for r in range(M):
+            if row[r] > b_low:
+                c += 1
+        ptr[k + 1] = c
+    for k in range(R):
+        ptr[k + 1] += ptr[k]
+    ids = np.empty(ptr[R], dtype=np.int32)
+    vals = np.empty(ptr[R], dtype=Z.dtype)
+    for k in prange(R):
+        row = Z[k]
+        p = ptr[k]
+        for r in range(M):
+            if row[r] > b_low:
+                ids[p] = r
+                vals[p] = row[r]
+                p += 1
+    return ptr, ids, vals
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def batch_candidates(cptr, cidx, zref, rows, xnorm, delta, hot, b, margin):
+def batch_candidates(index, rows, cert):
     """Candidate pairs of the batch whose drift bound zref + delta_r ||x_i|| reaches b
-    (hot neurons excluded: they are checked on every point). Point-major CSR over batch
-    rows with neuron ids; no inner product is computed."""
+    (hot neurons excluded: they are checked on every point). ``index``: the point-major
+    candidates (ptr over points, neuron ids, reference values). Returns point-major CSR
+    over batch rows with neuron ids; no inner product is computed."""
+    cptr, cidx, zref = index
+    xnorm, delta, hot, b, margin = cert
     R = rows.shape[0]
     counts = np.zeros(R + 1, dtype=np.int64)
     for k in prange(R):
@@ -152,10 +191,12 @@ def dot(w, x):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def neuron_candidates(nptr, npts, nzref, xnorm, delta, hot, b, margin):
+def neuron_candidates(by_neuron, cert):
     """Full-batch counterpart of ``batch_candidates`` over the neuron-major index: for each
     neuron that is not hot, its candidate points whose drift bound reaches b. Returns a
     pointer over neurons and the point ids (which are the batch rows of a full batch)."""
+    nptr, npts, nzref = by_neuron
+    xnorm, delta, hot, b, margin = cert
     m = nptr.shape[0] - 1
     counts = np.zeros(m + 1, dtype=np.int64)
     for r in prange(m):
@@ -305,13 +346,16 @@ def neuron_coefficients(nptr, brows, A, E, scale, out):
 
 
 @njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def neuron_step(nptr, brows, coef, neurons, rows, X, W, lr, W_ref, delta, hot_pos, Wh):
-    """For each neuron in ``neurons``: g = sum coef * x over its pairs, w -= lr * g, and its
+def neuron_step(pairs, neurons, rows, X, W, lr, drift):
+    """For each neuron in ``neurons``: g = sum coef * x over its neuron-major ``pairs``
+    (ptr over neurons, batch rows, coefficients), w -= lr * g, and its
     drift delta = ||w - w_ref||. Hot neurons (``hot_pos[r] >= 0``) skip the drift (they are
     checked on every point anyway until the next rebuild) and update their copy in row
     ``hot_pos[r]`` of ``Wh`` too. Reads and writes each moved weight row once. The drift's
     sum of squares is reassociated (vectorised); it is a float64 sum of float64 squares of
     exact differences, so its rounding is far inside the engine's margin."""
+    nptr, brows, coef = pairs
+    W_ref, delta, hot_pos, Wh = drift
     d = X.shape[1]
     for u in prange(neurons.shape[0]):
         r = neurons[u]

@@ -80,9 +80,11 @@ def peak_rss_bytes() -> int | None:
 
 
 def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
-    """(engine, dtype) per comma-separated method name, dense float64 first: ``dense64``,
-    ``dense32``, ``torch32`` (skipped with a message when PyTorch is absent), an engine name
-    (float32) or an engine name ending in ``64`` (that engine in float64)."""
+    """(method, dtype) per comma-separated name, dense float64 first. ``dense64``: the dense
+    engine in float64, the reference every method is checked against; ``numpy32`` and
+    ``torch32``: the tight dense baselines in float32 (torch32 skipped with a message when
+    PyTorch is absent); ``dense32``: the dense engine in float32; an engine name (float32) or
+    an engine name ending in ``64`` (that engine in float64)."""
     from corrtree.engines import APPROXIMATE, ENGINES
 
     names = list(dict.fromkeys(["dense64", *[m for m in methods.split(",") if m]]))
@@ -90,6 +92,8 @@ def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
     for name in names:
         if name in ("dense64", "dense32"):
             plan.append(("dense", np.float64 if name == "dense64" else np.float32))
+        elif name == "numpy32":
+            plan.append(("numpy-tight", np.float32))
         elif name == "torch32":
             try:
                 import torch
@@ -100,7 +104,7 @@ def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
                 )
                 continue
             torch.set_num_threads(threads)
-            plan.append(("torch-dense", np.float32))
+            plan.append(("torch-tight", np.float32))
         elif name.endswith("64") and (name[:-2] in ENGINES or name[:-2] in APPROXIMATE):
             plan.append((name[:-2], np.float64))
         else:
@@ -109,8 +113,27 @@ def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
 
 
 def method_label(engine: str, dtype) -> str:
-    """How a report names a method: numpy-dense-float32, certified, certified-float64."""
+    """How a report names a method: numpy-tight-float32, dense-float64, certified,
+    certified-float64."""
     dtype = np.dtype(dtype).name
-    if engine == "dense":
-        return f"numpy-dense-{dtype}"
+    if engine in ("dense", "numpy-tight", "torch-tight"):
+        return f"{engine}-{dtype}"
     return engine if dtype == "float32" else f"{engine}-{dtype}"
+
+
+BASELINE_METHODS = ("numpy-tight", "torch-tight")
+
+
+def step_summary(secs: list[float], pre: float) -> dict:
+    """What a user waits for: the mean step over all steps (rebuilds and the first step
+    included), the median of the steps after the first, and the wall time end to end with
+    the preprocessing."""
+    secs = [float(s) for s in secs]
+    return {
+        "preprocess_seconds": float(pre),
+        "step_seconds": secs,
+        "mean_step_seconds": float(np.mean(secs)),
+        "median_step_seconds": float(np.median(secs[1:] if len(secs) > 1 else secs)),
+        "max_step_seconds": float(np.max(secs)),
+        "total_seconds": float(pre + np.sum(secs)),
+    }

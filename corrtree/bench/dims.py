@@ -18,6 +18,7 @@ from corrtree import _io
 from corrtree.bench._common import header, parser
 from corrtree.bench.periter import TOLERANCE, measure
 from corrtree.datasets import load_dataset
+from corrtree.model import init_weights
 from corrtree.train import auto_lr, thread_limit
 
 ENGINES = ("halfspace", "dtree", "wtree", "dense")
@@ -36,17 +37,16 @@ def main(argv=None):
     if args.quick:
         args.n, args.m_log2, dims, args.steps = 40, 10, [2, 8, 64], 2
     m = 1 << args.m_log2
-    rng = np.random.default_rng(args.seed)
     rows = []
     with thread_limit(args.threads):
         for d in dims:
             data = load_dataset("synthetic", n=args.n, d=d, seed=args.seed)
             X, Y = data.X, data.y.reshape(-1, 1)
-            W0 = rng.standard_normal((m, d), dtype=np.float32)
+            W0, A0 = init_weights(d, (0, m), seed=args.seed + d, dtype=np.float32)
             lr = auto_lr(args.n, None)
-            ref = measure("dense", X, Y, W0, np.float64, args.steps, lr)["loss"]
+            ref = measure("dense", X, Y, W0, A0, np.float64, args.steps, lr)["loss"]
             for engine in ENGINES:
-                r = measure(engine, X, Y, W0, np.float32, args.steps, lr)
+                r = measure(engine, X, Y, W0, A0, np.float32, args.steps, lr)
                 gap = float(np.max(np.abs(np.array(r["loss"]) - ref) / np.abs(ref)))
                 r.update(d=d, n=args.n, m=m, max_relative_loss_gap=gap)
                 r["exact_within_tolerance"] = gap <= TOLERANCE

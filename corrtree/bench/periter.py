@@ -25,20 +25,21 @@ from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, parser
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
-from corrtree.train import auto_lr, thread_limit
+from corrtree.model import init_weights
+from corrtree.train import auto_lr, take_step, thread_limit
 
 TOLERANCE = 1e-4
 ENGINES = ("dense", "dtree", "wtree", "certified")
 
 
-def measure(engine, X, Y, W0, dtype, steps, lr):
-    net = ct.ShiftedReLUNet(X.shape[1], W0.shape[0], seed=0, dtype=dtype)
-    net.W = W0.astype(dtype)
+def measure(engine, X, Y, W0, A0, dtype, steps, lr):
+    net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     t0 = time.perf_counter()
-    eng = make_engine(engine, net, X.astype(dtype), Y.astype(dtype))
+    eng = make_engine(engine, net, X.astype(dtype))
     pre = time.perf_counter() - t0
     ip0 = eng.stats()["inner_products"]
-    infos = [eng.step(lr) for _ in range(steps)]
+    Y = Y.astype(dtype)
+    infos = [take_step(eng, Y, lr) for _ in range(steps)]
     secs = [sum(i.seconds.values()) for i in infos]
     return {
         "engine": engine,
@@ -74,16 +75,16 @@ def main(argv=None):
             "big-n": (args.big_n, range(10, args.big_m_log2_max + 1)),
         }
     rows = []
-    rng = np.random.default_rng(args.seed)
+    seed = args.seed
     with thread_limit(args.threads):
         for regime, (n, ks) in regimes.items():
             X, Y = data.X[:n], data.y[:n].reshape(n, -1)
             lr = auto_lr(n, None)
             for k in ks:
-                W0 = rng.standard_normal((1 << k, X.shape[1]), dtype=np.float32)
-                ref = measure("dense", X, Y, W0, np.float64, args.steps, lr)["loss"]
+                W0, A0 = init_weights(X.shape[1], (0, 1 << k), seed=seed + k, dtype=np.float32)
+                ref = measure("dense", X, Y, W0, A0, np.float64, args.steps, lr)["loss"]
                 for engine in ENGINES:
-                    r = measure(engine, X, Y, W0, np.float32, args.steps, lr)
+                    r = measure(engine, X, Y, W0, A0, np.float32, args.steps, lr)
                     gap = np.max(np.abs(np.array(r["loss"]) - ref) / np.abs(ref))
                     r.update(regime=regime, n=n, m=1 << k, max_relative_loss_gap=float(gap))
                     r["exact_within_tolerance"] = bool(gap <= TOLERANCE)

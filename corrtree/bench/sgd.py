@@ -1,12 +1,12 @@
-"""Mini-batch SGD, side by side in one process: dense PyTorch (float32, if installed), dense
-NumPy (float32, and float64 as the reference) and corrtree's engines, same initial weights and
-the same batches.
+"""Mini-batch SGD, side by side in one process: the tight dense baselines (PyTorch, if
+installed, and NumPy, float32), the dense engine (float32, and float64 as the reference) and
+corrtree's engines, same initial weights and the same batches.
 
 Reference configuration (the default): all 60000 Fashion-MNIST training images, unit norm,
 d = 784, y = +1 for labels 0-4 and -1 otherwise, m = 2^16, b = sqrt(0.4 ln m), batch 256,
 float32, one epoch (235 steps), lr = 400 / 256. After the epoch every method's weights are
-compared with dense SGD's in its own precision (NumPy float32 for the float32 methods; both
-always run), relative Frobenius error <= 1e-4, so a fast wrong method cannot post a number.
+compared with the dense engine's SGD in its own precision (float32 for the float32 methods;
+both always run), relative Frobenius error <= 1e-4, so a fast wrong method cannot post a number.
 In float32 that bar is out of reach for any implementation at this step size: a product
 within float32 rounding of b fires in one summation order and not in another, the step's
 gradients then differ by a whole pair, and the trajectories drift apart (PyTorch and NumPy
@@ -30,28 +30,29 @@ import numpy as np
 import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import (
+    BASELINE_METHODS,
     header,
     method_label,
     parser,
     peak_rss_bytes,
     plan_methods,
     reset_peak_rss,
+    step_summary,
 )
-from corrtree.bench.gd import TorchDense
+from corrtree.bench._methods import make_method
 from corrtree.datasets import load_dataset
-from corrtree.engines import make_engine
+from corrtree.model import init_weights
 from corrtree.train import auto_lr, batch_schedule, thread_limit
 
 TOLERANCE = 1e-4
 
 
-def run_method(name, X, Y, width, dtype, batches, lr, seed, W0, progress):
-    net = ct.ShiftedReLUNet(X.shape[1], width, seed=seed, dtype=dtype)
-    net.W = W0.astype(dtype)
+def run_method(name, X, Y, W0, A0, dtype, batches, lr, progress):
+    net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     Xd, Yd = X.astype(dtype), Y.astype(dtype)
     reset_peak_rss()
     t0 = time.perf_counter()
-    eng = TorchDense(net, Xd, Yd) if name == "torch-dense" else make_engine(name, net, Xd, Yd)
+    eng = make_method(name, net, Xd, Yd)
     pre = time.perf_counter() - t0
     infos = []
     for t, rows in enumerate(batches):
@@ -64,9 +65,7 @@ def run_method(name, X, Y, width, dtype, batches, lr, seed, W0, progress):
         "method": method_label(name, dtype),
         "engine": name,
         "dtype": np.dtype(dtype).name,
-        "preprocess_seconds": pre,
-        "median_step_seconds": float(np.median(secs[1:] if len(secs) > 1 else secs)),
-        "total_step_seconds": float(np.sum(secs)),
+        **step_summary(secs, pre),
         "phase_seconds": {
             p: float(np.median([i.seconds[p] for i in infos[1:] or infos]))
             for p in infos[0].seconds
@@ -89,9 +88,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None, help="default 400 / batch")
     p.add_argument(
         "--methods",
-        default="dense64,torch32,dense32,certified,certified64",
-        help="comma-separated: dense64 (the reference, always run), dense32, torch32, "
-        "corrtree engine names (float32) and engine names ending in 64 (float64)",
+        default="dense64,torch32,numpy32,certified,certified64",
+        help="comma-separated: dense64 (the reference, always run), numpy32 and torch32 (the "
+        "tight baselines), dense32, corrtree engine names (float32) and engine names ending "
+        "in 64 (float64)",
     )
     args = p.parse_args(argv)
     if min(args.n, args.batch, args.epochs, args.threads) < 1:
@@ -107,18 +107,17 @@ def main(argv=None):
     lr = args.lr if args.lr is not None else auto_lr(data.n, args.batch)
     per_epoch = -(-data.n // args.batch)
     batches = list(batch_schedule(data.n, args.batch, args.epochs * per_epoch, args.seed))
-    W0 = ct.ShiftedReLUNet(X.shape[1], width, seed=args.seed).W.astype(np.float32)
+    W0, A0 = init_weights(X.shape[1], (0, width), seed=args.seed, dtype=np.float32)
     plan = plan_methods("dense32," + args.methods, args.threads)
     results = []
     with thread_limit(args.threads):
         small = [np.arange(10, dtype=np.int64)] * 2  # compile every kernel first
         for name, dtype in plan:
-            if name != "torch-dense":
-                run_method(name, X[:20], Y[:20], 64, dtype, small, lr, args.seed, W0[:64], False)
+            run_method(name, X[:20], Y[:20], W0[:64], A0[:64], dtype, small, lr, False)
         refs = {}  # final weights of dense SGD per dtype
         for name, dtype in plan:
             print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
-            r, W = run_method(name, X, Y, width, dtype, batches, lr, args.seed, W0, not args.quick)
+            r, W = run_method(name, X, Y, W0, A0, dtype, batches, lr, not args.quick)
             if name == "dense":
                 refs[r["dtype"]] = (W, r["loss"])
             for key, (Wr, _) in refs.items():
@@ -133,17 +132,16 @@ def main(argv=None):
             r["exact_within_tolerance"] = bool(r["weight_relative_error"] <= TOLERANCE)
             results.append(r)
             del W
-    dense32 = [
-        r for r in results if r["engine"] in ("dense", "torch-dense") and r["dtype"] == "float32"
-    ]
-    torch32 = [r for r in results if r["engine"] == "torch-dense"]
+    base = [r for r in results if r["engine"] in BASELINE_METHODS]
+    fast = min(base or results[:1], key=lambda r: r["mean_step_seconds"])
+    torch32 = [r for r in results if r["engine"] == "torch-tight"]
     for r in results:
-        if dense32:
-            best = min(x["median_step_seconds"] for x in dense32)
-            r["speedup_vs_fastest_dense32"] = best / r["median_step_seconds"]
-        if torch32:
-            r["speedup_vs_torch32"] = torch32[0]["median_step_seconds"] / r["median_step_seconds"]
-        r["floor_madds_median"] = float(np.median(r["fired_pairs"])) * X.shape[1]
+        r["baseline"] = fast["method"]
+        r["speedup_mean_step"] = fast["mean_step_seconds"] / r["mean_step_seconds"]
+        r["speedup_median_step"] = fast["median_step_seconds"] / r["median_step_seconds"]
+        r["speedup_end_to_end"] = fast["total_seconds"] / r["total_seconds"]
+        pairs = [p for p in results[0]["fired_pairs"]]
+        r["floor_madds_median"] = float(np.median(pairs)) * X.shape[1]
     report = {
         **header("sgd", args.threads),
         "data": desc,
@@ -158,22 +156,24 @@ def main(argv=None):
         # How far apart two dense float32 implementations end (PyTorch against NumPy): the
         # scale of float32 rounding over the run, to read the float32 rows against.
         "dense_float32_spread": (torch32[0]["weight_relative_error"] if torch32 else None),
+        "baseline": fast["method"],
     }
     print(
         f"\n{desc}: n={data.n} d={X.shape[1]} m=2^{args.m_log2} batch {args.batch}, "
-        f"{len(batches)} steps, {args.threads} threads"
+        f"{len(batches)} steps, {args.threads} threads; speed-ups against {fast['method']}"
     )
     print(
-        f"{'method':22s} {'pre s':>8s} {'s/step':>9s} {'x torch32':>10s} {'peak GB':>8s} "
-        f"{'W err (own dtype)':>17s} {'W err vs f64':>13s} {'exact':>6s}"
+        f"{'method':24s} {'pre s':>7s} {'mean s':>8s} {'median s':>9s} {'total s':>8s} "
+        f"{'x mean':>7s} {'x e2e':>6s} {'peak GB':>8s} {'W err':>9s} {'vs f64':>9s} {'exact':>6s}"
     )
     for r in results:
         peak = r["peak_rss_bytes"] / 2**30 if r["peak_rss_bytes"] else float("nan")
         print(
-            f"{r['method']:22s} {r['preprocess_seconds']:8.2f} {r['median_step_seconds']:9.4f} "
-            f"{r.get('speedup_vs_torch32', float('nan')):10.2f} {peak:8.2f} "
-            f"{r['weight_relative_error']:17.2e} "
-            f"{r['weight_relative_error_vs_dense_float64']:13.2e} "
+            f"{r['method']:24s} {r['preprocess_seconds']:7.2f} {r['mean_step_seconds']:8.4f} "
+            f"{r['median_step_seconds']:9.4f} {r['total_seconds']:8.1f} "
+            f"{r['speedup_mean_step']:7.2f} {r['speedup_end_to_end']:6.2f} {peak:8.2f} "
+            f"{r['weight_relative_error']:9.2e} "
+            f"{r['weight_relative_error_vs_dense_float64']:9.2e} "
             f"{'yes' if r['exact_within_tolerance'] else 'NO':>6s}"
         )
     if args.out:

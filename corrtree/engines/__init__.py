@@ -8,7 +8,7 @@ they spend on pairs that do not fire.
 
 from __future__ import annotations
 
-from .base import Engine, StepInfo
+from .base import Engine, Firing, Options, StepInfo
 from .certified import CertifiedEngine
 from .dense import DenseEngine
 from .faiss import FaissEngine
@@ -36,9 +36,12 @@ __all__ = [
     "HalfSpaceEngine",
     "Engine",
     "FaissEngine",
+    "Firing",
     "LSHEngine",
+    "Options",
     "StepInfo",
     "WTreeEngine",
+    "engine_class",
     "make_engine",
 ]
 
@@ -53,14 +56,26 @@ def choose_engine(n: int, m: int) -> str:
     return "dense" if n * m < AUTO_DENSE_PAIRS else "certified"
 
 
-def make_engine(name: str, net, X, Y, **kwargs) -> Engine:
-    """Build the engine called ``name`` (or ``"auto"``) for ``net`` on data (X, Y)."""
-    if name == "auto":
-        name = choose_engine(X.shape[0], net.width)
+def engine_class(engine, n: int, m: int) -> type[Engine]:
+    """The engine class for a name (``"auto"`` resolved for n points and m neurons) or an
+    ``Engine`` subclass, which is returned as it is (engines written by users)."""
+    if isinstance(engine, type) and issubclass(engine, Engine):
+        return engine
+    if not isinstance(engine, str):
+        raise TypeError(f"engine must be a name or an Engine subclass, got {engine!r}")
+    name = choose_engine(n, m) if engine == "auto" else engine
     cls = ENGINES.get(name) or APPROXIMATE.get(name)
     if cls is None:
         raise ValueError(
-            f"unknown engine {name!r}; choose one of {sorted(ENGINES)}, 'auto', or the "
+            f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}, 'auto', or the "
             f"approximate {sorted(APPROXIMATE)}"
         )
-    return cls(net, X, Y, **kwargs)
+    return cls
+
+
+def make_engine(engine, net, X, options=None, *, max_memory: int | None = None) -> Engine:
+    """Build ``engine`` (a name, ``"auto"`` or an ``Engine`` subclass) for ``net`` on the
+    points X. ``options``: a mapping of the engine's declared options (see
+    ``engine_class(...).Options``); an unknown name is a TypeError."""
+    cls = engine_class(engine, X.shape[0], net.width)
+    return cls(net, X, options, max_memory=max_memory)

@@ -1,13 +1,33 @@
-"""The engine interface and the sparse step shared by the tree engines."""
+"""The engine protocol, declared engine options, and the sparse step shared by the tree engines.
+
+An engine owns what makes it an engine: the structures that find firing pairs, and how it
+reads and writes the weights of its neurons. The training loop (``corrtree.train``) owns the
+step: it asks every engine for the partial outputs of a batch, sums them, forms the residuals
+and the loss, and hands the residuals back. One step is, for an engine ``eng``::
+
+    firing = eng.detect(rows)          # the batch's firing pairs (engine-defined record)
+    F = eng.forward(firing)            # (batch, C) outputs of this engine's neurons
+    E = sum of F over engines - Y      # done by the training loop
+    moved = eng.backward(firing, E, lr)  # gradient and w -= lr * g; ids of neurons written
+    eng.maintain(moved)                # bring the index up to date with the moved neurons
+
+``backward`` may fuse part of the maintenance into the update (certified does), in which case
+``maintain`` does what is left. Because F is a plain sum over neurons, several engines over
+disjoint blocks of neurons (shards, each a ``ShiftedReLUNet.from_weights`` over its rows with
+the whole network's ``scale``) are trained exactly by summing their F.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-from numba import get_num_threads
 
 from .._kernels import sparse as S
 
@@ -26,88 +46,195 @@ class StepInfo:
     rows: np.ndarray | None = field(default=None, repr=False)  # the batch (None: all points)
 
 
-class Engine:
-    """Base class. Subclasses set ``name`` and implement ``step``.
+@dataclass
+class Firing:
+    """The firing pairs of one batch as an engine found them. ``rows``: the batch's data
+    points (int64, sorted); ``pairs``: how many (neuron, row) pairs fire. Engines subclass it
+    with whatever their forward and backward passes need."""
 
-    ``net`` is updated in place: ``net.W`` is the engine's weight matrix.
+    rows: np.ndarray
+    pairs: int
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of every engine's declared options: a frozen dataclass whose fields are the
+    options, with their types and defaults; ``check`` validates them."""
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError or TypeError naming a bad value (subclasses extend)."""
+
+
+def check_number(name: str, value, *, kind=float, low=None, high=None, low_open=False):
+    """A declared option's value: ``kind`` (int or float, bool refused), within the bounds."""
+    ok = isinstance(value, int | np.integer) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        raise TypeError(f"option {name} must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value) and not (high is None and value == math.inf):
+        raise ValueError(f"option {name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"option {name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"option {name} must be <= {high}, got {value}")
+
+
+class Engine:
+    """Base class of every engine (see the module docstring for the protocol).
+
+    Subclasses set ``name``, declare ``Options`` (a frozen dataclass, subclass of
+    ``engines.base.Options``) and implement ``detect``, ``forward``, ``backward`` and, if
+    they keep an index, ``maintain``. ``net.W`` is the engine's weight matrix, updated in
+    place; the engine reads ``net.A``, ``net.threshold`` and ``net.scale``.
     """
 
-    name = "base"
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, net, X: np.ndarray, Y: np.ndarray, **kwargs):
+    def __init__(self, net, X: np.ndarray, options=None, *, max_memory: int | None = None):
+        self.options = self.make_options(options)
         self.net = net
         self.X = X
-        self.Y = Y
         self.n = X.shape[0]
         self.m = net.width
-        self.scale = net.dtype.type(1.0 / math.sqrt(net.width))
+        self.scale = net.dtype.type(net.scale)
         self.b = net.dtype.type(net.threshold)
+        self.max_memory = max_memory
         self.counters = {"inner_products": 0, "gradient_madds": 0, "steps": 0}
 
-    def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
-        raise NotImplementedError
+    # --- options ------------------------------------------------------------------------
+    @classmethod
+    def make_options(cls, options=None):
+        """``cls.Options`` from None, an instance, or a mapping of option names to values;
+        an unknown name is a TypeError that lists the engine's options."""
+        if options is None:
+            return cls.Options()
+        if isinstance(options, cls.Options):
+            return options
+        if not isinstance(options, Mapping):
+            raise TypeError(
+                f"engine options must be a mapping of names to values, got {type(options).__name__}"
+            )
+        names = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                f"engine {cls.name!r}; its options are: {', '.join(names) or '(none)'}"
+            )
+        return cls.Options(**options)
 
-    def forward(self, ptr, idx, val, rows, neuron_major=False):
-        """Outputs, residuals and loss of the batch from firing pairs (point-major CSR, or
-        neuron-major with batch rows in ``idx``)."""
-        net = self.net
-        F = np.empty((rows.size, net.n_outputs), dtype=net.dtype)
-        if neuron_major:
-            S.forward_neurons(ptr, idx, val, net._A, self.b, self.scale, F, get_num_threads())
-        else:
-            S.forward(ptr, idx, val, net._A, self.b, self.scale, F)
-        E = F - self.Y[rows]
-        return F, E, 0.5 * float(np.sum(E.astype(np.float64) ** 2))
+    @classmethod
+    def parse_options(cls, items) -> dict:
+        """Options from ``KEY=VALUE`` strings (the command line), converted by the declared
+        types (int, float, bool, str, or one of them or None)."""
+        hints = typing.get_type_hints(cls.Options)
+        out = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise ValueError(f"engine option {item!r} is not KEY=VALUE")
+            if key not in hints:
+                cls.make_options({key: None})  # raises the unknown-option error
+            out[key] = _convert(text.strip(), hints[key], key)
+        return out
 
-    def stats(self) -> dict[str, int]:
-        return dict(self.counters)
+    # --- memory ---------------------------------------------------------------------------
+    @classmethod
+    def estimate_bytes(
+        cls, n: int, m: int, d: int, *, dtype, n_outputs=1, batch=None, options=None
+    ) -> int:
+        """Bytes the engine would hold beyond X, y and W for these sizes (before building)."""
+        return 0
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the engine's own structures (beyond X, y and W)."""
         return 0
 
+    # --- the protocol ---------------------------------------------------------------------
+    def detect(self, rows: np.ndarray | None) -> Firing:
+        raise NotImplementedError
+
+    def forward(self, firing: Firing) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, firing: Firing, E: np.ndarray, lr: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def maintain(self, moved: np.ndarray) -> None:
+        """Bring the engine's index up to date after the neurons ``moved`` were written."""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def _rows(self, rows) -> np.ndarray:
+        return np.arange(self.n, dtype=np.int64) if rows is None else rows
+
+
+def _convert(text: str, hint, key: str):
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in kinds and text.lower() in ("none", "null", ""):
+        return None
+    for kind in kinds:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+        elif kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        elif kind is str:
+            return text
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+    raise ValueError(f"engine option {key}={text!r}: expected {names}")
+
+
+@dataclass
+class PairFiring(Firing):
+    """Point-major CSR firing pairs: ``ptr`` over batch rows, neuron ids ``idx`` (sorted
+    within each row), their correlations ``val``."""
+
+    ptr: np.ndarray = field(repr=False, default=None)
+    idx: np.ndarray = field(repr=False, default=None)
+    val: np.ndarray = field(repr=False, default=None)
+
 
 class SparseEngine(Engine):
-    """A step over firing pairs: subclasses provide ``detect`` and ``maintain``.
+    """A step over firing pairs: subclasses provide ``find(rows)`` (point-major CSR pairs of
+    the batch with their current correlations) and ``maintain(neurons)``."""
 
-    ``detect(rows)`` returns point-major CSR pairs over the batch rows with the current
-    correlations; ``maintain(neurons)`` brings the index up to date after ``net.W[neurons]``
-    moved.
-    """
-
-    def detect(self, rows: np.ndarray):
+    def find(self, rows: np.ndarray):
         raise NotImplementedError
 
-    def maintain(self, neurons: np.ndarray) -> None:
-        raise NotImplementedError
+    def detect(self, rows):
+        rows = self._rows(rows)
+        ptr, idx, val = self.find(rows)
+        return PairFiring(rows, int(idx.size), ptr, idx, val)
 
-    def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
+    def forward(self, firing):
         net = self.net
-        if rows is None:
-            rows = np.arange(self.n, dtype=np.int64)
-        t0 = time.perf_counter()
-        indptr, idx, val = self.detect(rows)
-        t1 = time.perf_counter()
-        F, E, loss = self.forward(indptr, idx, val, rows)
-        t2 = time.perf_counter()
-        col_ptr, prow, _ = S.transpose(indptr, idx, idx, self.m)
-        pcoef = np.empty(idx.size, dtype=net.dtype)
-        S.neuron_coefficients(col_ptr, prow, net._A, E, self.scale, pcoef)
+        F = np.empty((firing.rows.size, net.n_outputs), dtype=net.dtype)
+        S.forward(firing.ptr, firing.idx, firing.val, net.A, self.b, self.scale, F)
+        return F
+
+    def backward(self, firing, E, lr):
+        net = self.net
+        col_ptr, prow, _ = S.transpose(firing.ptr, firing.idx, firing.idx, self.m)
+        coef = np.empty(prow.size, dtype=net.dtype)
+        S.neuron_coefficients(col_ptr, prow, net.A, E, self.scale, coef)
         neurons = np.flatnonzero(np.diff(col_ptr))
         G = np.empty((neurons.size, net.d), dtype=net.dtype)
-        S.neuron_gradient(col_ptr, prow, pcoef, neurons, self.X, rows, G)
-        t3 = time.perf_counter()
+        S.neuron_gradient(col_ptr, prow, coef, neurons, self.X, firing.rows, G)
         if neurons.size:
-            net.W[neurons] -= net.dtype.type(lr) * G
-            self.maintain(neurons)
-        t4 = time.perf_counter()
-        self.counters["gradient_madds"] += idx.size * net.d
+            G *= net.dtype.type(lr)
+            net.W[neurons] -= G
+        self.counters["gradient_madds"] += prow.size * net.d
         self.counters["steps"] += 1
-        return StepInfo(
-            loss,
-            int(idx.size),
-            int(neurons.size),
-            dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)),
-            F,
-        )
+        return neurons

@@ -25,116 +25,127 @@ structure, and no term in n when training on mini-batches.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import get_num_threads
 
+from .._blas import matmul
 from .._kernels import sparse as S
-from .._validation import check_memory, fmt_bytes
+from .._validation import check_memory, dot_margin, fmt_bytes, max_row_norm
 from ..model import firing_probability
-from .base import PHASES, Engine, StepInfo
+from .base import Engine, Firing, Options, check_number
 
-_BLOCK_BYTES = 128 << 20
+
+@dataclass(frozen=True)
+class CertifiedOptions(Options):
+    """``slack``: how far below b candidates reach (for unit-norm data).
+    ``rebuild_after``: rebuild once the exact checks spent on hot neurons since the last
+    rebuild reach this multiple of a rebuild's n * m * d.
+    ``dense_fraction``: neurons with candidates on more than this fraction of the points are
+    checked on the whole batch by BLAS (where BLAS's rate beats gathering).
+    ``blas_gradient``: the hot neurons' gradient is one BLAS product over the batch when their
+    firing pairs fill more than this fraction of (hot neuron, batch row) pairs. None: 0.1 on
+    batches of 1024 rows or more, never on smaller ones, whose rows stay in cache and are
+    gathered faster (measured on Fashion-MNIST: docs/engines.md).
+    ``block_bytes``: size of the correlation blocks X W^T of a rebuild.
+    """
+
+    slack: float = 0.25
+    rebuild_after: float = 1.0
+    dense_fraction: float = 0.15
+    blas_gradient: float | None = None
+    block_bytes: int = 128 << 20
+
+    def check(self):
+        check_number("slack", self.slack, low=0, low_open=True)
+        check_number("rebuild_after", self.rebuild_after, low=0)
+        check_number("dense_fraction", self.dense_fraction, low=0, low_open=True)
+        if self.blas_gradient is not None:
+            check_number("blas_gradient", self.blas_gradient, low=0)
+        check_number("block_bytes", self.block_bytes, kind=int, low=1)
+
+
+@dataclass
+class CertifiedFiring(Firing):
+    """Neuron-major firing pairs of the batch (``pairs_``: ptr over neurons, batch rows,
+    exact values), the hot neurons' correlations with the batch, and whether the hot
+    neurons are handled as one dense block (``blas``), their pairs then not listed."""
+
+    found: S.Pairs = field(repr=False, default=None)
+    Zhot: np.ndarray = field(repr=False, default=None)
+    blas: bool = False
+    hot_fired: np.ndarray | None = field(repr=False, default=None)
 
 
 class CertifiedEngine(Engine):
-    """Exact sparse training with drift certificates over a candidate index.
-
-    ``slack``: how far below b candidates reach (default 0.25 for unit-norm data).
-    ``rebuild_after``: rebuild once the exact checks spent on hot neurons since the last
-    rebuild reach this multiple of a rebuild's n * m * d (default 1).
-    ``dense_fraction``: neurons with candidates on more than this fraction of the points are
-    checked on the whole batch by BLAS (default 0.15, where BLAS's rate beats gathering).
-    ``blas_gradient``: the hot neurons' gradient is one BLAS product over the batch when their
-    firing pairs fill more than this fraction of (hot neuron, batch row) pairs. Default: 0.1
-    on batches of 1024 rows or more, never on smaller ones, whose rows stay in cache and are
-    gathered faster (measured on Fashion-MNIST: docs/engines.md).
-    """
+    """Exact sparse training with drift certificates over a candidate index."""
 
     name = "certified"
+    Options = CertifiedOptions
 
-    def __init__(
-        self,
-        net,
-        X,
-        Y,
-        *,
-        slack: float = 0.25,
-        rebuild_after: float = 1.0,
-        dense_fraction: float = 0.15,
-        blas_gradient: float | None = None,
-        max_memory: int | None = None,
-        **kwargs,
-    ):
-        super().__init__(net, X, Y)
-        if not slack > 0:
-            raise ValueError(f"slack must be > 0, got {slack}")
-        self.slack = float(slack)
-        if not rebuild_after >= 0:
-            raise ValueError(f"rebuild_after must be >= 0, got {rebuild_after}")
-        self.rebuild_after = float(rebuild_after)
-        if not 0 < dense_fraction:
-            raise ValueError(f"dense_fraction must be > 0, got {dense_fraction}")
-        self.dense_fraction = float(dense_fraction)
-        if blas_gradient is not None and not blas_gradient >= 0:
-            raise ValueError(f"blas_gradient must be >= 0, got {blas_gradient}")
-        self.blas_gradient = blas_gradient
-        self.max_memory = max_memory
+    def __init__(self, net, X, options=None, *, max_memory=None):
+        super().__init__(net, X, options, max_memory=max_memory)
+        if self.m >= 2**31:
+            raise ValueError(f"certified supports up to 2^31 - 1 neurons, got m={self.m}")
+        o = self.options
+        self.slack = float(o.slack)
         self.xnorm = np.linalg.norm(X.astype(np.float64), axis=1)
         self.xmax = float(self.xnorm.max()) if self.n else 0.0
-        eps = np.finfo(net.dtype).eps
-        # Rounding allowance for the bound test: products are accumulated in float64, the
-        # reference values come from BLAS in the network's dtype.
-        self.margin = (
-            64
-            * eps
-            * (
-                1.0
-                + abs(float(self.b))
-                + float(np.sqrt(np.max(np.sum(net.W.astype(np.float64) ** 2, axis=1)))) * self.xmax
-            )
-        )
         self.counters.update(rebuilds=0, exact_checks=0, hot_checks=0)
         self._scratch: dict[str, np.ndarray] = {}
         self.rebuild()
 
     # --- index ----------------------------------------------------------------------------
-    def estimate_bytes(self) -> int:
-        # <w_r, x_i> ~ N(0, ||x_i||^2) at initialisation; ||x||_max bounds the tail.
-        b_low = float(self.b) - self.slack
-        frac = firing_probability(b_low / self.xmax) if self.xmax > 0 else 1.0
-        item = np.dtype(self.net.dtype).itemsize
-        return int(1.2 * self.n * self.m * frac * (8 + item)) + self.net.W.nbytes
+    @classmethod
+    def estimate_bytes(
+        cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None, xmax=1.0, threshold=None
+    ):
+        """The candidates (about n m P(z > b - slack) pairs at initialisation, where
+        <w_r, x_i> ~ N(0, ||x_i||^2), bounded with ||x||_max) and a reference copy of W."""
+        from ..model import default_threshold
+
+        o = cls.make_options(options)
+        b = default_threshold(m) if threshold is None else threshold
+        frac = firing_probability((b - o.slack) / xmax) if xmax > 0 else 1.0
+        item = np.dtype(dtype).itemsize
+        return int(1.2 * n * m * frac * (8 + item)) + m * d * item
 
     def rebuild(self) -> None:
         """Take the current weights as reference and recompute all candidates."""
         net = self.net
         check_memory(
-            self.estimate_bytes(),
+            self.estimate_bytes(
+                self.n,
+                self.m,
+                net.d,
+                dtype=net.dtype,
+                options=self.options,
+                xmax=self.xmax,
+                threshold=float(self.b),
+            ),
             f"the candidate index (n={self.n}, m={self.m}, slack={self.slack})",
             self.max_memory,
         )
-        self.W_ref = net.W.copy()
+        self.index = self._by_neuron = None  # freed before the new index is built
+        if getattr(self, "W_ref", None) is None:
+            self.W_ref = net.W.copy()
+        else:
+            np.copyto(self.W_ref, net.W)  # reuse the pages: no fresh 4 m d bytes to fault in
+        wmax = max_row_norm(net.W)
+        # Rounding allowance of the bound test: the reference values (BLAS, network dtype) and
+        # the exact checks (network dtype) each round a d-term sum of products with
+        # ||w|| <= wmax + slack / xmax for every neuron that is not hot.
+        reach = wmax + (self.slack / self.xmax if self.xmax > 0 else 0.0)
+        self.margin = 2 * dot_margin(net.d, net.dtype, reach, self.xmax)
         b_low = net.dtype.type(float(self.b) - self.slack - self.margin)
-        block = max(1, _BLOCK_BYTES // (self.m * net.dtype.itemsize))
-        ptr = np.zeros(self.n + 1, dtype=np.int64)
-        for lo in range(0, self.n, block):
-            Z = self.X[lo : lo + block] @ net.W.T
-            S.candidates_from_block(Z, b_low, lo, True, ptr, ptr[:0], Z[0, :0])
-        np.cumsum(ptr, out=ptr)
-        idx = np.empty(ptr[-1], dtype=np.int32 if self.m < 2**31 else np.int64)
-        val = np.empty(ptr[-1], dtype=net.dtype)
-        for lo in range(0, self.n, block):
-            Z = self.X[lo : lo + block] @ net.W.T
-            S.candidates_from_block(Z, b_low, lo, False, ptr, idx, val)
-        self.cptr, self.cidx, self.zref = ptr, idx, val
-        self._by_neuron = None  # neuron-major copy, made by the first full-batch step
+        self.index = self._candidates(b_low)
+        idx = self.index.ids  # its neuron-major copy is made by the first full-batch step
         self.delta = np.zeros(self.m, dtype=np.float64)
         # Dense neurons: candidates on more than dense_fraction of the points. Gathering their
         # candidate rows one by one is slower than one BLAS product with the whole batch, so
         # they are checked like hot neurons from the start (and do not count as drift).
-        dense = np.bincount(idx, minlength=self.m) > self.dense_fraction * self.n
+        dense = np.bincount(idx, minlength=self.m) > self.options.dense_fraction * self.n
         self.n_dense = int(dense.sum())
         self.hot = np.zeros(self.m, dtype=np.bool_)
         self.hot_ids = np.zeros(0, dtype=np.int64)
@@ -146,37 +157,63 @@ class CertifiedEngine(Engine):
         self.counters["rebuilds"] += 1
         self.counters["inner_products"] += self.n * self.m
 
+    def _candidates(self, b_low) -> S.Pairs:
+        """All pairs with <w_r, x_i> > b_low, point-major, from one blocked pass of X W^T
+        (each block's correlations computed once, its candidates appended)."""
+        net = self.net
+        block = max(1, min(self.n, self.options.block_bytes // (self.m * net.dtype.itemsize)))
+        Z = np.empty((block, self.m), dtype=net.dtype)
+        ptr = np.zeros(self.n + 1, dtype=np.int64)
+        ids = np.empty(0, dtype=np.int32)
+        val = np.empty(0, dtype=net.dtype)
+        fill = 0
+        for lo in range(0, self.n, block):
+            hi = min(self.n, lo + block)
+            zb = matmul(self.X[lo:hi], net.W.T, out=Z[: hi - lo])
+            bptr, bids, bval = S.extract_candidates(zb, b_low)
+            if fill + bids.size > ids.size:  # grow to the count extrapolated from the rows so far
+                cap = max(fill + bids.size, int(1.1 * (fill + bids.size) * self.n / hi) + 1024)
+                ids = np.concatenate([ids[:fill], np.empty(cap - fill, dtype=np.int32)])
+                val = np.concatenate([val[:fill], np.empty(cap - fill, dtype=net.dtype)])
+            ids[fill : fill + bids.size] = bids
+            val[fill : fill + bids.size] = bval
+            ptr[lo + 1 : hi + 1] = fill + bptr[1:]
+            fill += bids.size
+        return S.Pairs(
+            ptr,
+            ids[:fill].copy() if fill < 0.9 * ids.size else ids[:fill],
+            val[:fill].copy() if fill < 0.9 * val.size else val[:fill],
+        )
+
     @property
     def candidates(self) -> int:
-        return int(self.cptr[-1])
+        return int(self.index.ptr[-1])
 
     @property
     def nbytes(self) -> int:
-        own = [self.cidx, self.zref, self.cptr, self.W_ref, self._Wh, *(self._by_neuron or ())]
+        own = [*self.index, self.W_ref, self._Wh, *(self._by_neuron or ())]
         return sum(a.nbytes for a in own) + sum(a.nbytes for a in self._scratch.values())
 
-    # --- one step ----------------------------------------------------------------------------
-    def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
+    # --- the step -------------------------------------------------------------------------
+    def detect(self, rows):
         net = self.net
         full = rows is None
-        if full:
-            rows = np.arange(self.n, dtype=np.int64)
-        t0 = time.perf_counter()
+        rows = self._rows(rows)
         # Candidates whose bound reaches b, grouped by neuron, then checked exactly with
         # each weight row read once.
-        bound = (self.xnorm, self.delta, self.hot, float(self.b), self.margin)
+        cert = S.Certificate(self.xnorm, self.delta, self.hot, float(self.b), self.margin)
         if full:  # full batch: the neuron-major copy of the index
             if self._by_neuron is None:
-                self._by_neuron = S.transpose(self.cptr, self.cidx, self.zref, self.m)
-            col_ptr, brows = S.neuron_candidates(*self._by_neuron, *bound)
+                self._by_neuron = S.Pairs(*S.transpose(*self.index, self.m))
+            col_ptr, brows = S.neuron_candidates(self._by_neuron, cert)
         else:
-            bptr, bcand = S.batch_candidates(self.cptr, self.cidx, self.zref, rows, *bound)
+            bptr, bcand = S.batch_candidates(self.index, rows, cert)
             col_ptr, brows, _ = S.transpose(bptr, bcand, bcand, self.m)
-        Xb = self.X if full else self.X[rows]
         nh = self.hot_ids.size
-        blas = False  # hot neurons handled as one dense block (forward and gradient by BLAS)
+        blas, hot_fired = False, None  # hot neurons as one dense block (BLAS forward, gradient)
         if nh:
-            Zhot = np.matmul(self._Wh[:nh], Xb.T, out=self._buffer("Zhot", (nh, rows.size)))
+            Xb = self.X if full else self.X[rows]
+            Zhot = matmul(self._Wh[:nh], Xb.T, out=self._buffer("Zhot", (nh, rows.size)))
             threshold = self._blas_gradient(rows.size)
             if threshold < np.inf:
                 hot_fired = S.count_above(Zhot, self.b)
@@ -186,61 +223,72 @@ class CertifiedEngine(Engine):
         nptr, frows, fval, checks = S.neuron_exact(
             col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b), not blas
         )
-        t1 = time.perf_counter()
-        F, E, loss = self.forward(nptr, frows, fval, rows, neuron_major=True)
-        if blas:  # add the hot neurons' share of the outputs
-            S.hot_forward(Zhot, self.b, net._A, self.hot_ids, self.scale, F, get_num_threads())
-            E = F - self.Y[rows]
-            loss = 0.5 * float(np.sum(E.astype(np.float64) ** 2))
-        t2 = time.perf_counter()
+        self.counters["exact_checks"] += int(checks)
+        self.counters["hot_checks"] += rows.size * nh
+        self.counters["inner_products"] += int(checks) + rows.size * nh
+        pairs = frows.size + (int(hot_fired.sum()) if blas else 0)
+        return CertifiedFiring(rows, pairs, S.Pairs(nptr, frows, fval), Zhot, blas, hot_fired)
+
+    def forward(self, firing):
+        net = self.net
+        F = np.empty((firing.rows.size, net.n_outputs), dtype=net.dtype)
+        nptr, frows, fval = firing.found
+        S.forward_neurons(nptr, frows, fval, net.A, self.b, self.scale, F, get_num_threads())
+        if firing.blas:  # add the hot neurons' share of the outputs
+            S.hot_forward(
+                firing.Zhot, self.b, net.A, self.hot_ids, self.scale, F, get_num_threads()
+            )
+        return F
+
+    def backward(self, firing, E, lr):
+        net = self.net
+        rows = firing.rows
+        nptr, frows, _ = firing.found
         coef = np.empty(frows.size, dtype=net.dtype)
-        S.neuron_coefficients(nptr, frows, net._A, E, self.scale, coef)
+        S.neuron_coefficients(nptr, frows, net.A, E, self.scale, coef)
         neurons = np.flatnonzero(np.diff(nptr))
-        t3 = time.perf_counter()
         lr = net.dtype.type(lr)
-        pairs, moved = frows.size, neurons.size
-        if blas:
+        nh = self.hot_ids.size
+        moved = neurons
+        if firing.blas:
             # The hot neurons fire densely enough that one BLAS product over the batch beats
             # gathering their pairs: their gradient is C_hot @ X_batch.
+            Xb = self.X if rows.size == self.n else self.X[rows]
             C = self._buffer("Chot", (nh, rows.size))
-            S.hot_coefficient_matrix(Zhot, self.b, net._A, self.hot_ids, E, self.scale, C)
-            G = np.matmul(C, Xb, out=self._buffer("Ghot", (nh, net.d)))
+            S.hot_coefficient_matrix(firing.Zhot, self.b, net.A, self.hot_ids, E, self.scale, C)
+            G = matmul(C, Xb, out=self._buffer("Ghot", (nh, net.d)))
             S.subtract_rows(net.W, self.hot_ids, G, lr, self._Wh)
-            pairs += int(hot_fired.sum())
-            moved += int(np.count_nonzero(hot_fired))
+            moved = np.union1d(neurons, self.hot_ids[firing.hot_fired > 0])
+        # Update fused with maintenance: each moved row is read and written once, its drift
+        # from the reference (or its hot copy) written in the same pass.
         S.neuron_step(
-            nptr,
-            frows,
-            coef,
+            S.Pairs(nptr, frows, coef),
             neurons,
             rows,
             self.X,
             net.W,
             lr,
-            self.W_ref,
-            self.delta,
-            self.hot_pos,
-            self._Wh,
+            S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh),
         )
-        self._hot_work += rows.size * (self.hot_ids.size - self.n_dense)
-        self._after_move(neurons)
-        t4 = time.perf_counter()
-        self.counters["exact_checks"] += int(checks)
-        self.counters["hot_checks"] += rows.size * self.hot_ids.size
-        self.counters["inner_products"] += int(checks) + rows.size * self.hot_ids.size
-        self.counters["gradient_madds"] += pairs * net.d
+        self._hot_work += rows.size * (nh - self.n_dense)
+        self.counters["gradient_madds"] += firing.pairs * net.d
         self.counters["steps"] += 1
-        return StepInfo(
-            loss,
-            pairs,
-            moved,
-            dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)),
-            F,
-        )
+        return moved
+
+    def maintain(self, moved):
+        """Neurons whose drift passed the slack turn hot; rebuild by the ski-rental rule."""
+        moved = moved[~self.hot[moved]]
+        newly = moved[self.delta[moved] * self.xmax > self.slack]
+        if newly.size:
+            self._add_hot(newly)
+        if self.hot_ids.size > self.n_dense and self._hot_work >= self.options.rebuild_after * (
+            self.n * self.m
+        ):
+            self.rebuild()
 
     def _blas_gradient(self, batch: int) -> float:
-        if self.blas_gradient is not None:
-            return self.blas_gradient
+        if self.options.blas_gradient is not None:
+            return self.options.blas_gradient
         return 0.1 if batch >= 1024 else np.inf
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -251,16 +299,6 @@ class CertifiedEngine(Engine):
             rows = max(shape[0], 3 * (0 if buf is None else buf.shape[0]) // 2)
             buf = self._scratch[name] = np.empty((rows, *shape[1:]), dtype=self.net.dtype)
         return buf[: shape[0]]
-
-    def _after_move(self, neurons: np.ndarray) -> None:
-        """Neurons whose drift passed the slack turn hot; rebuild by the ski-rental rule."""
-        newly = neurons[(self.delta[neurons] * self.xmax > self.slack) & ~self.hot[neurons]]
-        if newly.size:
-            self._add_hot(newly)
-        if self.hot_ids.size > self.n_dense and self._hot_work >= self.rebuild_after * (
-            self.n * self.m
-        ):
-            self.rebuild()
 
     def _add_hot(self, ids: np.ndarray) -> None:
         """Turn neurons hot. Their rows are appended to ``_Wh``, a contiguous copy of the hot

@@ -2,61 +2,129 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import PHASES, Engine, StepInfo
+from .._blas import matmul
+from .base import Engine, Firing, Options, check_number
+
+
+@dataclass(frozen=True)
+class DenseOptions(Options):
+    """``buffer_bytes``: the largest (batch, m) activation buffer kept between the forward and
+    the backward pass; a larger batch is processed in blocks of rows whose correlations are
+    computed again in the backward pass (one more X W^T, no more memory)."""
+
+    buffer_bytes: int = 2 << 30
+
+    def check(self):
+        check_number("buffer_bytes", self.buffer_bytes, kind=int, low=1)
+
+
+@dataclass
+class DenseFiring(Firing):
+    H: np.ndarray | None = field(repr=False, default=None)  # max(Z - b, 0), or None: blocked
+    fired: np.ndarray | None = field(repr=False, default=None)  # neurons firing on some row
 
 
 class DenseEngine(Engine):
-    """Theta(n m d) per step: Z = X W^T, mask Z > b, forward, gradient, all dense. Points are
-    processed in blocks so that the (block, m) temporaries stay near ``block_bytes``."""
+    """Theta(B m d) per step, written tight: Z = X_B W^T into one preallocated buffer, then in
+    place H = max(Z - b, 0), F = scale H A, the gradient's coefficients sign(H) * scale E A^T
+    (written over H), G = C^T X_B and W -= lr G. H > 0 exactly where Z > b (the difference of
+    two distinct floats is never zero), so the mask needs no array of its own."""
 
     name = "dense"
+    Options = DenseOptions
 
-    def __init__(self, net, X, Y, *, block_bytes: int = 1 << 30, **kwargs):
-        super().__init__(net, X, Y)
-        self.block = max(1, block_bytes // (4 * max(1, self.m) * net.dtype.itemsize))
+    def __init__(self, net, X, options=None, *, max_memory=None):
+        super().__init__(net, X, options, max_memory=max_memory)
+        self.block = max(1, self.options.buffer_bytes // (max(1, self.m) * net.dtype.itemsize))
+        self._buf = np.empty((0, self.m), dtype=net.dtype)
+        self._G = None
 
-    def step(self, lr: float, rows: np.ndarray | None = None) -> StepInfo:
+    @classmethod
+    def estimate_bytes(cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None):
+        opts = cls.make_options(options)
+        item = np.dtype(dtype).itemsize
+        rows = min(n, batch or n)
+        return min(rows * m * item, opts.buffer_bytes + m * item) + m * d * item
+
+    @property
+    def nbytes(self):
+        return self._buf.nbytes + (0 if self._G is None else self._G.nbytes)
+
+    def _H(self, Xb: np.ndarray) -> np.ndarray:
+        """max(X_b W^T - b, 0) into the kept buffer (grown when a batch is larger)."""
+        R = Xb.shape[0]
+        if self._buf.shape[0] < R:
+            self._buf = np.empty((R, self.m), dtype=self.net.dtype)
+        H = matmul(Xb, self.net.W.T, out=self._buf[:R])
+        H -= self.b
+        np.maximum(H, 0, out=H)
+        return H
+
+    def _batch(self, rows):
+        return (self.X, rows) if rows is None else (self.X[rows], rows)
+
+    def detect(self, rows):
+        Xb, _ = self._batch(rows)
+        rows = self._rows(rows)
+        if Xb.shape[0] <= self.block:
+            H = self._H(Xb)
+            return DenseFiring(rows, int(np.count_nonzero(H)), H, _fired(H))
+        pairs, fired = 0, np.zeros(self.m, dtype=bool)
+        for lo in range(0, Xb.shape[0], self.block):
+            H = self._H(Xb[lo : lo + self.block])
+            pairs += int(np.count_nonzero(H))
+            fired |= _fired(H)
+        return DenseFiring(rows, pairs, None, fired)
+
+    def forward(self, firing):
         net = self.net
-        X = self.X if rows is None else self.X[rows]
-        Y = self.Y if rows is None else self.Y[rows]
-        R = X.shape[0]
-        seconds = dict.fromkeys(PHASES, 0.0)
-        F = np.empty((R, net.n_outputs), dtype=net.dtype)
-        G = None
-        fired = np.zeros(self.m, dtype=bool)
-        pairs = 0
-        loss = 0.0
-        for lo in range(0, max(R, 1), self.block):
-            Xb, Yb = X[lo : lo + self.block], Y[lo : lo + self.block]
-            t0 = time.perf_counter()
-            Z = Xb @ net.W.T
-            mask = Z > self.b
-            t1 = time.perf_counter()
-            H = np.where(mask, Z - self.b, 0).astype(net.dtype, copy=False)
-            Fb = (H @ net._A) * self.scale
-            E = Fb - Yb
-            F[lo : lo + self.block] = Fb
-            loss += 0.5 * float(np.sum(E.astype(np.float64) ** 2))
-            t2 = time.perf_counter()
-            coef = np.where(mask, (E @ net._A.T) * self.scale, 0).astype(net.dtype, copy=False)
-            part = coef.T @ Xb
-            if G is None:
-                G = part
+        Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
+        F = np.empty((Xb.shape[0], net.n_outputs), dtype=net.dtype)
+        for lo, H in self._blocks(firing, Xb):
+            np.matmul(H, net.A, out=F[lo : lo + H.shape[0]])
+        F *= self.scale
+        return F
+
+    def backward(self, firing, E, lr):
+        net = self.net
+        Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
+        if self._G is None:
+            self._G = np.empty_like(net.W)
+        G = self._G
+        aT = (net.A * self.scale).T  # (C, m)
+        written = False
+        for lo, H in self._blocks(firing, Xb):
+            np.sign(H, out=H)  # the mask, 0 or 1
+            R = H.shape[0]
+            for a in range(0, R, 64):  # coefficients sign(H) * scale E A^T, 64 rows at once
+                H[a : a + 64] *= E[lo + a : lo + min(a + 64, R)] @ aT
+            if written:
+                G += matmul(H.T, Xb[lo : lo + H.shape[0]])
             else:
-                G += part
-            fired |= mask.any(axis=0)
-            pairs += int(np.count_nonzero(mask))
-            t3 = time.perf_counter()
-            for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2), strict=False):
-                seconds[p] += dt
-        t3 = time.perf_counter()
-        net.W -= net.dtype.type(lr) * G
-        seconds["maintain"] = time.perf_counter() - t3
-        self.counters["inner_products"] += R * self.m
-        self.counters["gradient_madds"] += R * self.m * net.d
+                matmul(H.T, Xb[: H.shape[0]], out=G)
+                written = True
+        if not written:
+            G.fill(0)
+        G *= net.dtype.type(lr)
+        net.W -= G
+        self.counters["inner_products"] += Xb.shape[0] * self.m
+        self.counters["gradient_madds"] += Xb.shape[0] * self.m * net.d
         self.counters["steps"] += 1
-        return StepInfo(loss, pairs, int(fired.sum()), seconds, F)
+        return np.flatnonzero(firing.fired)
+
+    def _blocks(self, firing, Xb):
+        """(first row, H) per block of rows: the kept H, or H computed again per block."""
+        if firing.H is not None:
+            yield 0, firing.H
+            return
+        for lo in range(0, Xb.shape[0], self.block):
+            yield lo, self._H(Xb[lo : lo + self.block])
+
+
+def _fired(H: np.ndarray) -> np.ndarray:
+    """Neurons (columns of H >= 0) that fire on some row, without an (R, m) temporary."""
+    return H.max(axis=0) > 0 if H.shape[0] else np.zeros(H.shape[1], dtype=bool)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import sparse as S
+from .._validation import dot_margin, max_row_norm
 from .base import SparseEngine
 
 
@@ -32,8 +33,8 @@ class FaissEngine(SparseEngine):
 
     name = "faiss"
 
-    def __init__(self, net, X, Y, **kwargs):
-        super().__init__(net, X, Y)
+    def __init__(self, net, X, options=None, *, max_memory=None):
+        super().__init__(net, X, options, max_memory=max_memory)
         faiss = import_faiss()
         self.X32 = np.ascontiguousarray(X, dtype=np.float32)
         self.index = faiss.IndexFlatIP(net.d)
@@ -42,18 +43,24 @@ class FaissEngine(SparseEngine):
         self.xmax = float(np.linalg.norm(self.X32, axis=1).max()) if self.n else 0.0
         self.counters.update(reported_by_faiss=0)
 
-    def detect(self, rows):
+    @classmethod
+    def estimate_bytes(cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None):
+        return m * d * 4 + n * d * 4  # the index's float32 copy of W, and of X
+
+    def find(self, rows):
         W = self.net.W
-        wmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", W, W)))) if self.m else 0.0
-        eps = float(np.finfo(np.float32).eps)
-        margin = 2.0 * (self.net.d + 2) * eps * (1.0 + wmax * self.xmax)
+        wmax = max_row_norm(W)
+        margin = 2 * dot_margin(self.net.d, np.float32, wmax, self.xmax)
+        if not float(self.b) - margin > -float(np.finfo(np.float32).max):
+            raise FloatingPointError(f"weights of norm {wmax:.3g} overflow FAISS's float32")
         lims, _, ids = self.index.range_search(self.X32[rows], float(self.b) - margin)
         self.counters["reported_by_faiss"] += int(ids.size)
         self.counters["inner_products"] += rows.size * self.m + int(ids.size)
         return S.rows_exact(lims.astype(np.int64), ids, rows, self.X, W, self.b)
 
     def maintain(self, neurons):
-        self.stored[neurons] = self.net.W[neurons]
+        with np.errstate(over="ignore"):  # overflow to inf is divergence, caught by train
+            self.stored[neurons] = self.net.W[neurons]
 
     @property
     def nbytes(self) -> int:

@@ -14,69 +14,61 @@ dimension most of the tree is pruned; at d = 784 a query visits almost every lea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._kernels import balltree as B
-from .base import SparseEngine
+from .._validation import dot_margin, max_row_norm
+from .base import Options, SparseEngine, check_number
+
+
+@dataclass(frozen=True)
+class HalfSpaceOptions(Options):
+    """``leaf_size``: neurons per leaf of the ball tree."""
+
+    leaf_size: int = 32
+
+    def check(self):
+        check_number("leaf_size", self.leaf_size, kind=int, low=1)
 
 
 class HalfSpaceEngine(SparseEngine):
-    """Exact sparse training with a ball tree over the weights (SYZ21-style detection).
-
-    ``leaf_size``: neurons per leaf (default 32).
-    """
+    """Exact sparse training with a ball tree over the weights (SYZ21-style detection)."""
 
     name = "halfspace"
+    Options = HalfSpaceOptions
 
-    def __init__(self, net, X, Y, *, leaf_size: int = 32, max_memory=None, **kwargs):
-        super().__init__(net, X, Y)
-        if isinstance(leaf_size, bool) or not isinstance(leaf_size, int) or leaf_size < 1:
-            raise ValueError(f"leaf_size must be a positive integer, got {leaf_size!r}")
-        self.leaf_size = leaf_size
+    def __init__(self, net, X, options=None, *, max_memory=None):
+        super().__init__(net, X, options, max_memory=max_memory)
         self.xnorm = np.linalg.norm(X.astype(np.float64), axis=1)
         self.counters.update(rebuilds=0, nodes_visited=0, moves_since_rebuild=0)
         self.rebuild()
 
+    @classmethod
+    def estimate_bytes(cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None):
+        # Weights in leaf order and about 2 m / leaf_size balls of d + 7 numbers.
+        item = np.dtype(dtype).itemsize
+        nodes = 2 * m // cls.make_options(options).leaf_size + 1
+        return m * d * item + nodes * (d + 7) * 8 + 2 * m * 8
+
     def rebuild(self) -> None:
         W = self.net.W
-        (
-            self.perm,
-            self.lo,
-            self.hi,
-            self.left,
-            self.right,
-            self.parent,
-            self.center,
-            self.radius,
-            self.leaf_of,
-        ) = B.build(W, self.leaf_size)
-        wmax = float(np.sqrt(np.max(np.sum(W.astype(np.float64) ** 2, axis=1)))) if self.m else 0
+        self.tree = B.BallTree(*B.build(W, self.options.leaf_size))
+        wmax = max_row_norm(W)
         xmax = float(self.xnorm.max()) if self.n else 0.0
-        eps = np.finfo(self.net.dtype).eps
-        # The pruning bound is computed in float64 from float64 centers; the exact values in
-        # the network's dtype may exceed the true value by a few ulps of |w||x|.
-        self.margin = 64 * eps * (1.0 + abs(float(self.b)) + wmax * xmax)
-        self.Wp = W[self.perm]  # weights in leaf order: each leaf is one contiguous block
+        # Two roundings meet at the test: the pruning bound <c, x> + R ||x|| (float64, with
+        # ||c|| and R up to about wmax) and the exact value in the network's dtype.
+        self.margin = 2 * dot_margin(self.net.d, self.net.dtype, wmax, xmax)
+        self.Wp = W[self.tree.perm]  # weights in leaf order: each leaf is one contiguous block
         self.pos = np.empty(self.m, dtype=np.int64)
-        self.pos[self.perm] = np.arange(self.m)
+        self.pos[self.tree.perm] = np.arange(self.m)
         self.counters["rebuilds"] += 1
         self.counters["moves_since_rebuild"] = 0
 
-    def detect(self, rows):
+    def find(self, rows):
         ptr, ids, val, visited, products = B.query_rows(
-            self.X,
-            rows,
-            self.xnorm,
-            float(self.b),
-            self.margin,
-            self.Wp,
-            self.perm,
-            self.lo,
-            self.hi,
-            self.left,
-            self.right,
-            self.center,
-            self.radius,
+            self.X, rows, self.xnorm, float(self.b), self.margin, self.Wp, self.tree
         )
         self.counters["nodes_visited"] += int(visited)
         self.counters["inner_products"] += int(products)
@@ -88,15 +80,11 @@ class HalfSpaceEngine(SparseEngine):
             self.rebuild()
         else:
             self.Wp[self.pos[neurons]] = self.net.W[neurons]
-            B.grow_balls(self.net.W, neurons, self.leaf_of, self.parent, self.center, self.radius)
+            B.grow_balls(self.net.W, neurons, self.tree)
 
     def stats(self):
-        return {**self.counters, "nodes": int(self.lo.size)}
+        return {**self.counters, "nodes": int(self.tree.lo.size)}
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            a.nbytes
-            for a in (self.perm, self.lo, self.hi, self.left, self.right, self.parent)
-            + (self.center, self.radius, self.leaf_of, self.Wp, self.pos)
-        )
+        return sum(a.nbytes for a in (*self.tree, self.Wp, self.pos))

@@ -16,14 +16,37 @@ picks it, and benchmarks report its recall of the firing set and its loss gap to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import get_num_threads
 
 from .._kernels import lsh as H
 from .._kernels import sparse as S
-from .base import SparseEngine
+from .base import Options, SparseEngine, check_number
 
 _BLOCK = 8192
+
+
+@dataclass(frozen=True)
+class LSHOptions(Options):
+    """``hash``: simhash or dwta; ``K`` hash functions per table, ``L`` tables; ``bin_size``:
+    coordinates per DWTA bin; tables rebuilt every ``rebuild_every`` steps; ``seed`` of the
+    hash functions."""
+
+    hash: str = "simhash"
+    K: int = 8
+    L: int = 32
+    bin_size: int = 8
+    rebuild_every: int = 10
+    seed: int = 0
+
+    def check(self):
+        if self.hash not in ("simhash", "dwta"):
+            raise ValueError(f"option hash must be 'simhash' or 'dwta', got {self.hash!r}")
+        for name in ("K", "L", "bin_size", "rebuild_every"):
+            check_number(name, getattr(self, name), kind=int, low=1)
+        check_number("seed", self.seed, kind=int, low=0)
 
 
 class LSHEngine(SparseEngine):
@@ -31,39 +54,20 @@ class LSHEngine(SparseEngine):
 
     name = "lsh"
 
-    def __init__(
-        self,
-        net,
-        X,
-        Y,
-        *,
-        hash: str = "simhash",
-        K: int = 8,
-        L: int = 32,
-        bin_size: int = 8,
-        rebuild_every: int = 10,
-        seed: int = 0,
-        **kwargs,
-    ):
-        super().__init__(net, X, Y)
-        if hash not in ("simhash", "dwta"):
-            raise ValueError(f"hash must be 'simhash' or 'dwta', got {hash!r}")
-        for name, v in (
-            ("K", K),
-            ("L", L),
-            ("bin_size", bin_size),
-            ("rebuild_every", rebuild_every),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    Options = LSHOptions
+
+    def __init__(self, net, X, options=None, *, max_memory=None):
+        super().__init__(net, X, options, max_memory=max_memory)
+        o = self.options
+        hash, K, L, bin_size = o.hash, o.K, o.L, o.bin_size
         bits = K if hash == "simhash" else K * int(np.ceil(np.log2(max(bin_size, 2))))
         if bits > 62 or (hash == "dwta" and bin_size > net.d):
             raise ValueError(
                 f"hash codes of {bits} bits (K={K}, bin_size={bin_size}, d={net.d}) do not fit"
             )
         self.hash, self.K, self.L, self.bin_size = hash, K, L, bin_size
-        self.rebuild_every = rebuild_every
-        rng = np.random.default_rng(seed)
+        self.rebuild_every = o.rebuild_every
+        rng = np.random.default_rng(o.seed)
         if hash == "simhash":
             self.R = rng.standard_normal((net.d, L * K)).astype(net.dtype)
         else:
@@ -96,7 +100,11 @@ class LSHEngine(SparseEngine):
         self.counters["rebuilds"] += 1
         self._since = 0
 
-    def detect(self, rows):
+    @classmethod
+    def estimate_bytes(cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None):
+        return (2 * m + n) * cls.make_options(options).L * 8
+
+    def find(self, rows):
         ptr, cand = H.candidates(
             self.Xcodes[rows], self.table_codes, self.table_ids, get_num_threads()
         )
