@@ -8,7 +8,37 @@ import sys
 
 from . import __version__
 
-_ERRORS = (ValueError, TypeError, IndexError, FileNotFoundError, MemoryError, KeyError, ImportError)
+_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    MemoryError,
+    ImportError,
+    OSError,
+    RuntimeError,
+    FloatingPointError,
+)
+# Options that --resume takes from the run's own config; giving one is a conflict.
+_RUN_OPTIONS = (
+    "dataset",
+    "n",
+    "d",
+    "data_dir",
+    "normalize",
+    "targets",
+    "width",
+    "threshold",
+    "lr",
+    "batch_size",
+    "engine",
+    "engine_opt",
+    "dtype",
+    "seed",
+    "checkpoint_every",
+    "out",
+    "overwrite",
+)
 
 
 def _positive(v: str) -> int:
@@ -111,8 +141,27 @@ def cmd_train(args) -> int:
 
     out = args.resume or args.out
     log = (lambda *a: None) if args.quiet else print
-    cfg = None if args.resume else _config(args)
-    summary = run_training(out, cfg, resume=bool(args.resume), progress=not args.quiet, log=log)
+    if args.resume:
+        given = [k for k in _RUN_OPTIONS if getattr(args, k) != args.run_defaults[k]]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(
+                f"--resume continues the run with its own configuration; {flags} cannot be "
+                "changed (only --steps or --epochs, to extend it, --threads and --quiet)"
+            )
+        summary = run_training(
+            out,
+            resume=True,
+            steps=args.steps,
+            epochs=args.epochs,
+            threads=args.threads,
+            progress=not args.quiet,
+            log=log,
+        )
+    else:
+        summary = run_training(
+            out, _config(args), overwrite=args.overwrite, progress=not args.quiet, log=log
+        )
     print(describe(summary))
     print(
         f"results in {out}/ (config.json, metrics.json, model.npz"
@@ -223,12 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(t)
     t.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
     t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused otherwise)",
+    )
+    t.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR from its last checkpoint (its config is used)",
+        help="continue the run in DIR from its last checkpoint with its own config; with "
+        "--steps or --epochs beyond what it did, extend a finished run",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, run_defaults={k: t.get_default(k) for k in _RUN_OPTIONS})
 
     i = sub.add_parser("info", help="print the summary of a run folder")
     i.add_argument("dir")
@@ -271,18 +326,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_message(e: BaseException) -> str:
+    """One line for any failure: the message, never an errno number or a bare key."""
+    from ._io import PathError, describe_oserror
+
+    if isinstance(e, PathError):
+        text = str(e)
+    elif isinstance(e, OSError) and e.strerror:
+        text = describe_oserror(e, "use")
+    elif isinstance(e, KeyError):
+        text = f"missing entry {e.args[0]!r}" if e.args else "missing entry"
+    elif isinstance(e, MemoryError) and not e.args:
+        text = "out of memory"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+class Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every failure is one line ``corrtree: error: ...`` and exit 2
+    (130 when interrupted, 143 when terminated). ``CORRTREE_DEBUG=1`` shows tracebacks."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = os.environ.get("CORRTREE_DEBUG", "") not in ("", "0")
+    try:
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        old = None
     try:
         return args.func(args)
-    except _ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError | FileNotFoundError) and e.args else e
-        print(f"corrtree: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("corrtree: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("corrtree: terminated", file=sys.stderr)
+        return 143
+    except Exception as e:
+        if debug:
+            raise
+        known = isinstance(e, _ERRORS)
+        prefix = "" if known else f"internal error ({type(e).__name__}): "
+        print(f"corrtree: error: {prefix}{error_message(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

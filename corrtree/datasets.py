@@ -6,10 +6,12 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._io import PathError, describe_oserror, read_npz
 from ._validation import as_float_array, check_finite
 from .model import normalize_rows
 
@@ -48,11 +50,18 @@ class Dataset:
 def read_idx(path: str) -> np.ndarray:
     """Parse an IDX file (the MNIST format), gzipped or not."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise PathError(describe_oserror(e, "read")) from None
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, truncated, corrupt
+        raise ValueError(f"{path} is not a readable IDX file ({e})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header is incomplete")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
@@ -90,16 +99,38 @@ def _fashion_mnist(data_dir: str | None, split: str):
 def _user_file(kind: str, path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    if os.path.isdir(path):
+        raise PathError(f"cannot read {path}: it is a folder, not a {kind} file")
     if kind == "svmlight":
         from sklearn.datasets import load_svmlight_file
 
-        X, y = load_svmlight_file(path)
+        try:
+            X, y = load_svmlight_file(path)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a readable svmlight file ({e})") from None
         return X.toarray(), y
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"X", "y"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} must hold arrays 'X' and 'y'; missing {sorted(missing)}")
-        return f["X"], f["y"]
+    arrays = read_npz(path, "npz data file (arrays X and y)")
+    missing = {"X", "y"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} must hold arrays 'X' and 'y'; missing {sorted(missing)}")
+    return arrays["X"], arrays["y"]
+
+
+def _class_labels(y: np.ndarray) -> np.ndarray | None:
+    """Class codes 0..C-1 (in sorted order of the values) when y is one column of whole
+    numbers, as class labels are in npz (integers) and svmlight files (floats like 1.0 or
+    -1.0); None for real-valued targets."""
+    if y.ndim != 1 or y.size == 0:
+        return None
+    if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_):
+        pass
+    elif np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            return None
+    else:
+        return None
+    values, codes = np.unique(y, return_inverse=True)
+    return codes.astype(np.int64) if values.size <= max(2, y.size // 2) else None
 
 
 def load_dataset(
@@ -146,9 +177,8 @@ def load_dataset(
         X, y = _user_file(kind, path)
         X = as_float_array(X, "X", 2)
         y = np.asarray(y)
-        if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and y.min() >= 0:
-            labels = y.astype(np.int64)
-        else:
+        labels = _class_labels(y)
+        if labels is None:
             y = as_float_array(y, "y", y.ndim)
             if y.shape[0] != X.shape[0]:
                 raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
@@ -168,6 +198,8 @@ def load_dataset(
             raise ValueError(f"X has {X.shape[0]} rows but there are {labels.shape[0]} labels")
         y = _one_hot(labels) if targets == "onehot" else binary_targets(labels)
     X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} holds no data: X has shape {X.shape}")
     check_finite(X, "X")
     if normalize:
         X = normalize_rows(X)

@@ -6,8 +6,11 @@ Every file is written atomically. A run interrupted after a checkpoint resumes w
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -18,7 +21,7 @@ from ._validation import check_memory
 from .datasets import load_dataset
 from .engines import ENGINES, engine_class
 from .model import ShiftedReLUNet
-from .train import auto_lr, train
+from .train import DivergenceError, auto_lr, train
 
 __all__ = ["RunConfig", "describe", "firing_counts", "load_model", "run_training", "summarize"]
 
@@ -55,12 +58,24 @@ class RunConfig:
             self.steps = 20
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        for name in ("width", "steps", "epochs", "batch_size", "checkpoint_every", "threads"):
+        for name in ("width", "steps", "epochs", "batch_size", "checkpoint_every", "threads", "n"):
             v = getattr(self, name)
-            if v is not None and v < 1:
+            if v is None and name != "width":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an integer, got {v!r}")
+            if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr", "threshold"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.threshold is not None and not (
+            self.threshold >= 0 and math.isfinite(self.threshold)
+        ):
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
 
     def total_steps(self, n: int) -> int:
         if self.steps is not None:
@@ -83,10 +98,11 @@ def firing_counts(net: ShiftedReLUNet, X: np.ndarray, chunk: int = 512) -> np.nd
     return out
 
 
-def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str) -> float:
+def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str, n_classes: int) -> float:
+    """Fraction of points classified right. ``n_classes`` is the dataset's (not the batch's):
+    with binary targets the positive class is the lower half of all classes."""
     if targets == "binary" or outputs.shape[1] == 1:
-        C = int(labels.max()) + 1 if labels.size else 2
-        truth = labels < (C + 1) // 2
+        truth = labels < (n_classes + 1) // 2
         return float(np.mean((outputs[:, 0] > 0) == truth))
     return float(np.mean(outputs.argmax(axis=1) == labels))
 
@@ -107,14 +123,55 @@ def _estimate_bytes(cfg: RunConfig, n: int, d: int, C: int) -> int:
     return own + (cfg.width + n) * (d + C) * item
 
 
+RUN_FILES = ("config.json", "metrics.json", "model.npz", "checkpoint.npz")
+FIGURES = ("loss.png", "fired_hist.png", "phases.png")
+
+
+class RunFinished(ValueError):
+    """``--resume`` of a run that has done all its steps."""
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """What identifies a run's trajectory: everything but its length, threads and
+    checkpointing. A checkpoint carries it; resume refuses one that does not match."""
+    keep = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("steps", "epochs", "threads", "checkpoint_every")
+    }
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_model(out: str) -> ShiftedReLUNet:
     """The network saved in a run folder (``model.npz``, else the last checkpoint)."""
     for name in ("model.npz", "checkpoint.npz"):
         path = os.path.join(out, name)
         if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as f:
-                return ShiftedReLUNet.from_state({k: f[k] for k in f.files if k != "step"})
+            return _net_from(path)
     raise FileNotFoundError(f"no model.npz or checkpoint.npz in {out}")
+
+
+def _net_from(path: str) -> ShiftedReLUNet:
+    state = _io.read_npz(path, "corrtree model file")
+    missing = {"W", "a", "threshold"} - set(state)
+    if missing:
+        raise ValueError(f"{path} is not a corrtree model: it lacks {sorted(missing)}")
+    try:
+        return ShiftedReLUNet.from_state(state)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} holds an unusable model: {e}") from None
+
+
+def _read_config(out: str) -> RunConfig:
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    raw = _io.read_json(path, "run configuration")
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{path} is not a run configuration: expected an object, got {type(raw).__name__}"
+        )
+    return RunConfig.from_dict(raw)
 
 
 def run_training(
@@ -122,16 +179,57 @@ def run_training(
     cfg: RunConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
+    steps: int | None = None,
+    epochs: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train as ``cfg`` says and write the run folder ``out``; returns the summary."""
+    """Train as ``cfg`` says and write the run folder ``out``; returns the summary.
+
+    A folder belongs to one run: it is locked while the run trains, a new run into a folder
+    holding another run's files is refused unless ``overwrite``, and ``resume`` continues the
+    folder's own run (from its checkpoint, which must match its config) or, given ``steps`` or
+    ``epochs`` beyond what it did, extends a finished run on the same batch schedule.
+    """
+    with _io.FolderLock(out):
+        for p in _io.clean_stale_tmp(out):
+            log(f"removed {p}, a temporary file left by a killed run")
+        return _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, log)
+
+
+def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, log) -> dict:
+    ckpt = os.path.join(out, "checkpoint.npz")
+    model_path = os.path.join(out, "model.npz")
+    state, metrics = None, {"steps": [], "preprocess_seconds": []}
     if resume:
-        cfg_path = os.path.join(out, "config.json")
-        if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"cannot resume: {cfg_path} does not exist")
-        cfg = RunConfig.from_dict(_io.read_json(cfg_path))
-    cfg.validate()
+        cfg = _read_config(out)
+        if steps is not None or epochs is not None:  # a longer run on the same schedule
+            cfg.steps, cfg.epochs = steps, epochs
+        if threads is not None:
+            cfg.threads = threads
+        cfg.validate()
+        for path in (ckpt, model_path):
+            if os.path.exists(path):
+                state = _io.read_npz(path, "corrtree checkpoint")
+                break
+        if state is not None and state.get("config_hash") is not None:
+            if str(state["config_hash"]) != config_hash(cfg):
+                raise ValueError(
+                    f"{path} does not belong to the run configured in {out}/config.json "
+                    "(its configuration hash differs); start a new run with --overwrite"
+                )
+    else:
+        cfg.validate()
+        existing = [f for f in RUN_FILES + FIGURES if os.path.exists(os.path.join(out, f))]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{out} holds another run's results ({', '.join(existing)}); use --overwrite "
+                "to replace them, --resume to continue that run, or another --out"
+            )
+        for f in existing:
+            os.remove(os.path.join(out, f))
     data = load_dataset(
         cfg.dataset,
         n=cfg.n,
@@ -142,34 +240,50 @@ def run_training(
         targets=cfg.targets,
     )
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
+    total = cfg.total_steps(data.n)
+    start = 0
+    if state is not None:
+        start = int(state["step"]) if "step" in state else _done_steps(out)
+        if start >= total:
+            raise RunFinished(
+                f"the run in {out} is finished ({start} steps); give --steps or --epochs "
+                f"beyond {start} to extend it"
+            )
+        metrics = _io.read_json(os.path.join(out, "metrics.json"), "metrics file")
+        metrics["steps"] = metrics["steps"][:start]
+        for key in ("summary", "final_loss", "final_accuracy", "fired_per_point_end"):
+            metrics.pop(key, None)
     check_memory(
         _estimate_bytes(cfg, data.n, data.d, Y.shape[1]),
         f"training with engine {cfg.engine!r} on n={data.n}, width={cfg.width}",
     )
-    total = cfg.total_steps(data.n)
-    net = ShiftedReLUNet(
-        data.d, cfg.width, cfg.threshold, seed=cfg.seed, dtype=cfg.dtype, n_outputs=Y.shape[1]
-    )
-    X = data.X.astype(net.dtype)
-    metrics = {"steps": [], "preprocess_seconds": []}
-    start = 0
-    ckpt = os.path.join(out, "checkpoint.npz")
-    if resume and os.path.exists(ckpt):
-        with np.load(ckpt, allow_pickle=False) as f:
-            net.W = np.array(f["W"])
-            start = int(f["step"])
-        metrics = _io.read_json(os.path.join(out, "metrics.json"))
-        metrics["steps"] = metrics["steps"][:start]
+    if state is not None:
+        net = _net_from(path)
+        if (net.d, net.n_outputs, net.dtype.name) != (data.d, Y.shape[1], cfg.dtype):
+            raise ValueError(
+                f"{path} holds a network for d={net.d}, {net.n_outputs} outputs, {net.dtype} "
+                f"but the data has d={data.d}, {Y.shape[1]} outputs ({cfg.dtype})"
+            )
         log(f"resuming {out} at step {start} of {total}")
-    if not resume:
-        _io.write_json(os.path.join(out, "config.json"), asdict(cfg))
+    else:
+        net = ShiftedReLUNet(
+            data.d,
+            cfg.width,
+            cfg.threshold,
+            seed=cfg.seed,
+            dtype=cfg.dtype,
+            n_outputs=Y.shape[1],
+        )
+    X = data.X.astype(net.dtype)
+    _io.write_json(os.path.join(out, "config.json"), asdict(cfg))
     if start == 0:
         metrics["fired_per_point_start"] = firing_counts(net, X)
     log(
         f"{data.name}: n={data.n}, d={data.d}, outputs={net.n_outputs}; width={net.width}, "
         f"b={net.threshold:.4f}, engine={cfg.engine}, {cfg.dtype}, {total} steps"
     )
-    metrics["lr"] = cfg.lr if cfg.lr is not None else auto_lr(data.n, cfg.batch_size)
+    metrics["lr"] = cfg.lr if cfg.lr is not None else auto_lr(data.n, cfg.batch_size, net.threshold)
+    chash = config_hash(cfg)
 
     def record(t, net, info):
         row = {
@@ -181,43 +295,72 @@ def run_training(
         }
         if data.labels is not None:
             labels = data.labels if info.rows is None else data.labels[info.rows]
-            row["accuracy"] = accuracy(info.outputs, labels, cfg.targets)
+            row["accuracy"] = accuracy(info.outputs, labels, cfg.targets, data.n_classes)
         metrics["steps"].append(row)
         done = t + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            if not np.isfinite(np.sum(net.W, dtype=np.float64)):
+                raise DivergenceError(t, "the weights hold NaN or inf", info.loss)
             _io.write_json(os.path.join(out, "metrics.json"), metrics)
-            _io.write_npz(ckpt, **net.state_dict(), step=np.array(done))
+            _io.write_npz(
+                ckpt, **net.state_dict(), step=np.array(done), config_hash=np.array(chash)
+            )
 
     t0 = time.perf_counter()
-    hist = train(
-        net,
-        X,
-        Y,
-        steps=total,
-        lr=metrics["lr"],
-        engine=cfg.engine,
-        engine_options=cfg.engine_options,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        threads=cfg.threads,
-        callback=record,
-        progress=progress,
-        start_step=start,
-    )
+    try:
+        hist = train(
+            net,
+            X,
+            Y,
+            steps=total,
+            lr=metrics["lr"],
+            engine=cfg.engine,
+            engine_options=cfg.engine_options,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            callback=record,
+            progress=progress,
+            start_step=start,
+        )
+    except DivergenceError as e:
+        metrics["diverged"] = {"step": e.step, "last_finite_loss": e.last_loss}
+        _io.write_json(os.path.join(out, "metrics.json"), metrics)
+        if os.path.exists(ckpt):
+            e.args = (f"{e}; the last good checkpoint is kept in {ckpt}",)
+        raise
     metrics["preprocess_seconds"].append(hist.preprocess_seconds)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["stats"] = hist.stats
     metrics["engine"] = hist.engine
+    # The trained model first, before anything optional: a folder that cannot take it sends
+    # it to a fallback file that the error names.
+    state_out = {**net.state_dict(), "step": np.array(total), "config_hash": np.array(chash)}
+    try:
+        _io.write_npz(model_path, **state_out)
+    except OSError as e:
+        fallback = os.path.join(
+            tempfile.gettempdir(), f"corrtree-model-{os.getpid()}-{int(time.time())}.npz"
+        )
+        _io.write_npz(fallback, **state_out)
+        raise _io.PathError(f"{e}; the trained model was saved to {fallback}") from None
     metrics["fired_per_point_end"] = firing_counts(net, X)
     metrics["final_loss"] = net.loss(X, Y)
     if data.labels is not None:
-        metrics["final_accuracy"] = accuracy(net.outputs(X), data.labels, cfg.targets)
+        metrics["final_accuracy"] = accuracy(
+            net.outputs(X), data.labels, cfg.targets, data.n_classes
+        )
     summary = summarize(metrics, net, data.n)
     metrics["summary"] = summary
-    _io.write_npz(os.path.join(out, "model.npz"), **net.state_dict())
     _io.write_json(os.path.join(out, "metrics.json"), metrics)
     if os.path.exists(ckpt):
         os.remove(ckpt)
+    if summary["fired_fraction"] == 0:
+        log(
+            "warning: no neuron fires on any point at the end of training: the network "
+            "outputs 0 everywhere (lower --lr, keep inputs normalised, or lower --threshold)"
+        )
+        summary["dead"] = True
     try:
         from .plots import plot_run
 
@@ -225,7 +368,15 @@ def run_training(
     except ImportError:  # matplotlib is an optional extra
         summary["figures"] = []
         log("matplotlib is not installed: no figures (pip install 'corrtree[plot]')")
+    except OSError as e:
+        summary["figures"] = []
+        log(f"warning: figures not written: {_io.describe_oserror(e)}")
     return summary
+
+
+def _done_steps(out: str) -> int:
+    path = os.path.join(out, "metrics.json")
+    return len(_io.read_json(path, "metrics file")["steps"]) if os.path.exists(path) else 0
 
 
 def summarize(metrics: dict, net: ShiftedReLUNet, n: int) -> dict:

@@ -55,7 +55,7 @@ class _SparseReLUBase(BaseEstimator):
             dtype=self.dtype,
             n_outputs=Y.shape[1],
         )
-        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size)
+        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size, self.net_.threshold)
         self.history_ = train(
             self.net_,
             X,

@@ -12,6 +12,7 @@ from corrtree.cli import main as cli
 EXACTNESS = {
     "gd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
     "sgd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
+    "epochs": lambda r: r["weight_relative_error"] <= 1e-4,
     "sparsity": lambda r: r["train"]["engine_matches_dense_counts"],
     "preprocessing": lambda r: r["all_match_dense"],
     "periter": lambda r: r["all_exact"],
@@ -41,6 +42,22 @@ def test_gd_report(results):
     assert methods[0] == "dense-float64"
     assert {"certified", "dtree", "wtree", "halfspace"} <= set(methods)
     assert all(len(r["loss"]) == report["steps"] for r in report["results"])
+
+
+def test_epochs_report(results):
+    """The real-run benchmark: per-epoch wall time and test accuracy for both sides, the
+    same number of epochs, a learning model, and end-to-end ratios that add up."""
+    r = json.loads((results / "epochs.json").read_text())
+    ours, dense = r["corrtree"], r["dense"]
+    assert len(ours["epoch_seconds"]) == len(ours["test_accuracy"]) == r["epochs"] == 2
+    assert len(dense["test_accuracy"]) == r["dense_epochs_run"] == 2
+    assert min(ours["test_accuracy"]) > 0.5  # digits, 10 classes: chance is 0.1
+    assert abs(ours["test_accuracy"][-1] - dense["test_accuracy"][-1]) <= 0.01
+    total = ours["preprocess_seconds"] + sum(ours["step_seconds"])
+    assert r["total_seconds"]["corrtree"] == pytest.approx(total, rel=0.05)
+    assert r["speedup_end_to_end"] == pytest.approx(
+        r["total_seconds"]["dense"] / r["total_seconds"]["corrtree"]
+    )
 
 
 def test_sgd_weights_match_dense(results):

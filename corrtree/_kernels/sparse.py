@@ -348,47 +348,53 @@ def neuron_coefficients(nptr, brows, A, E, scale, out):
 @njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def neuron_step(pairs, neurons, rows, X, W, lr, drift):
     """For each neuron in ``neurons``: g = sum coef * x over its neuron-major ``pairs``
-    (ptr over neurons, batch rows, coefficients), w -= lr * g, and its
-    drift delta = ||w - w_ref||. Hot neurons (``hot_pos[r] >= 0``) skip the drift (they are
-    checked on every point anyway until the next rebuild) and update their copy in row
-    ``hot_pos[r]`` of ``Wh`` too. Reads and writes each moved weight row once. The drift's
-    sum of squares is reassociated (vectorised); it is a float64 sum of float64 squares of
-    exact differences, so its rounding is far inside the engine's margin."""
+    (ptr over neurons, batch rows, coefficients), w -= lr * g, and its drift
+    delta = ||w - w_ref||. Hot neurons (``hot_pos[r] >= 0``) skip the drift (they are checked
+    on every point anyway until the next rebuild) and update their copy in row ``hot_pos[r]``
+    of ``Wh`` too. Reads and writes each moved weight row once. The drift's sum of squares is
+    reassociated (vectorised); it is a float64 sum of float64 squares of exact differences,
+    so its rounding is far inside the engine's margin. The neurons are cut into chunks with
+    one gradient buffer each, not one allocation per neuron."""
     nptr, brows, coef = pairs
     W_ref, delta, hot_pos, Wh = drift
     d = X.shape[1]
-    for u in prange(neurons.shape[0]):
-        r = neurons[u]
-        g = np.zeros(d, dtype=W.dtype)
-        lo, hi = nptr[r], nptr[r + 1]
-        k = lo
-        while k + 4 <= hi:  # four points per pass over g
-            x0, x1 = X[rows[brows[k]]], X[rows[brows[k + 1]]]
-            x2, x3 = X[rows[brows[k + 2]]], X[rows[brows[k + 3]]]
-            c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+    N = neurons.shape[0]
+    chunks = min(N, 256)
+    for c in prange(chunks):
+        g = np.empty(d, dtype=W.dtype)
+        for u in range(N * c // chunks, N * (c + 1) // chunks):
+            r = neurons[u]
             for j in range(d):
-                g[j] += (c0 * x0[j] + c1 * x1[j]) + (c2 * x2[j] + c3 * x3[j])
-            k += 4
-        for t in range(k, hi):
-            x = X[rows[brows[t]]]
-            c = coef[t]
-            for j in range(d):
-                g[j] += c * x[j]
-        w = W[r]
-        h = hot_pos[r]
-        if h >= 0:
-            wh = Wh[h]
-            for j in range(d):
-                w[j] -= lr * g[j]
-                wh[j] = w[j]
-        else:
-            wr = W_ref[r]
-            s = 0.0
-            for j in range(d):
-                w[j] -= lr * g[j]
-                t = np.float64(w[j]) - np.float64(wr[j])
-                s += t * t
-            delta[r] = np.sqrt(s)
+                g[j] = 0
+            lo, hi = nptr[r], nptr[r + 1]
+            k = lo
+            while k + 4 <= hi:  # four points per pass over g
+                x0, x1 = X[rows[brows[k]]], X[rows[brows[k + 1]]]
+                x2, x3 = X[rows[brows[k + 2]]], X[rows[brows[k + 3]]]
+                c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+                for j in range(d):
+                    g[j] += (c0 * x0[j] + c1 * x1[j]) + (c2 * x2[j] + c3 * x3[j])
+                k += 4
+            for t in range(k, hi):
+                x = X[rows[brows[t]]]
+                cf = coef[t]
+                for j in range(d):
+                    g[j] += cf * x[j]
+            w = W[r]
+            h = hot_pos[r]
+            if h >= 0:
+                wh = Wh[h]
+                for j in range(d):
+                    w[j] -= lr * g[j]
+                    wh[j] = w[j]
+            else:
+                wr = W_ref[r]
+                s = 0.0
+                for j in range(d):
+                    w[j] -= lr * g[j]
+                    t = np.float64(w[j]) - np.float64(wr[j])
+                    s += t * t
+                delta[r] = np.sqrt(s)
 
 
 @njit(parallel=True, nogil=True, cache=True)

@@ -58,6 +58,17 @@ def parser(module: str, doc: str):
     return p
 
 
+def parse(p, argv):
+    """Parse a benchmark's arguments; fail now if ``--out`` cannot be written, not after the
+    benchmark ran."""
+    args = p.parse_args(argv)
+    if getattr(args, "out", None):
+        from corrtree import _io
+
+        _io.check_writable(args.out)
+    return args
+
+
 def reset_peak_rss() -> None:
     """Reset the kernel's resident high-water mark of this process (Linux; no-op elsewhere)."""
     gc.collect()
@@ -137,3 +148,9 @@ def step_summary(secs: list[float], pre: float) -> dict:
         "max_step_seconds": float(np.max(secs)),
         "total_seconds": float(pre + np.sum(secs)),
     }
+
+
+def reference_lr(batch: int) -> float:
+    """The benchmarks' step size, 400 / batch (the loss is a sum over the batch): the
+    reference configurations' lr, kept fixed whatever the library's default."""
+    return 400.0 / batch

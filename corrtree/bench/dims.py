@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from corrtree import _io
-from corrtree.bench._common import header, parser
+from corrtree.bench._common import header, parse, parser, reference_lr
 from corrtree.bench.periter import TOLERANCE, measure
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
-from corrtree.train import auto_lr, thread_limit
+from corrtree.train import thread_limit
 
 ENGINES = ("halfspace", "dtree", "wtree", "dense")
 
@@ -30,7 +30,7 @@ def main(argv=None):
     p.add_argument("--m-log2", type=int, default=14)
     p.add_argument("--dims", default="2,4,8,16,32,64,784")
     p.add_argument("--steps", type=int, default=4)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     dims = [int(v) for v in args.dims.split(",") if v]
     if args.steps < 2 or not dims or min(dims) < 1:
         p.error(f"need --steps >= 2 and positive --dims, got {args.steps} and {args.dims!r}")
@@ -43,7 +43,7 @@ def main(argv=None):
             data = load_dataset("synthetic", n=args.n, d=d, seed=args.seed)
             X, Y = data.X, data.y.reshape(-1, 1)
             W0, A0 = init_weights(d, (0, m), seed=args.seed + d, dtype=np.float32)
-            lr = auto_lr(args.n, None)
+            lr = reference_lr(args.n)
             ref = measure("dense", X, Y, W0, A0, np.float64, args.steps, lr)["loss"]
             for engine in ENGINES:
                 r = measure(engine, X, Y, W0, A0, np.float32, args.steps, lr)

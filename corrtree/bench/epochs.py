@@ -26,7 +26,14 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
-from corrtree.bench._common import header, parser, peak_rss_bytes, reset_peak_rss
+from corrtree.bench._common import (
+    header,
+    parse,
+    parser,
+    peak_rss_bytes,
+    reference_lr,
+    reset_peak_rss,
+)
 from corrtree.bench._methods import make_method
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
@@ -80,7 +87,7 @@ def main(argv=None):
     p.add_argument("--dense-epochs", type=int, default=2, help="epochs the dense side runs")
     p.add_argument("--lr", type=float, default=None, help="default 400 / batch")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to time")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if min(args.batch, args.epochs, args.threads, args.dense_epochs) < 1:
         p.error("--batch, --epochs, --dense-epochs and --threads must be >= 1")
     log = (lambda *a: None) if args.quick else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -100,7 +107,12 @@ def main(argv=None):
     Y[np.arange(labels.size), labels] = 1
     X, Xt = X.astype(np.float32), Xt.astype(np.float32)
     n, width = X.shape[0], 1 << args.m_log2
-    lr = args.lr if args.lr is not None else auto_lr(n, args.batch)
+    if args.lr is not None:
+        lr = args.lr
+    elif args.quick:  # digits at m = 2^10: the library's default, which is stable there
+        lr = auto_lr(n, args.batch, ct.default_threshold(width))
+    else:
+        lr = reference_lr(args.batch)
     per_epoch = -(-n // args.batch)
     batches = list(batch_schedule(n, args.batch, args.epochs * per_epoch, args.seed))
     W0, A0 = init_weights(X.shape[1], (0, width), n_outputs=C, seed=args.seed, dtype=np.float32)

@@ -28,6 +28,7 @@ from corrtree.bench._common import (
     BASELINE_METHODS,
     header,
     method_label,
+    parse,
     parser,
     peak_rss_bytes,
     plan_methods,
@@ -112,7 +113,7 @@ def main(argv=None):
         "tight baselines), dense32, corrtree engine names (float32) and engine names ending "
         "in 64 (float64)",
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.steps < 1 or args.threads < 1:
         p.error(f"--steps and --threads must be >= 1, got {args.steps} and {args.threads}")
     if args.quick:

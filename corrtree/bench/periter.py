@@ -22,11 +22,11 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
-from corrtree.bench._common import header, loglog_slope, parser
+from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
 from corrtree.model import init_weights
-from corrtree.train import auto_lr, take_step, thread_limit
+from corrtree.train import take_step, thread_limit
 
 TOLERANCE = 1e-4
 ENGINES = ("dense", "dtree", "wtree", "certified")
@@ -61,7 +61,7 @@ def main(argv=None):
     p.add_argument("--small-m-log2-max", type=int, default=20)
     p.add_argument("--big-n", type=int, default=2000)
     p.add_argument("--big-m-log2-max", type=int, default=15)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.steps < 2:
         p.error(f"--steps must be >= 2, got {args.steps}")
     if args.quick:
@@ -79,7 +79,7 @@ def main(argv=None):
     with thread_limit(args.threads):
         for regime, (n, ks) in regimes.items():
             X, Y = data.X[:n], data.y[:n].reshape(n, -1)
-            lr = auto_lr(n, None)
+            lr = reference_lr(n)
             for k in ks:
                 W0, A0 = init_weights(X.shape[1], (0, 1 << k), seed=seed + k, dtype=np.float32)
                 ref = measure("dense", X, Y, W0, A0, np.float64, args.steps, lr)["loss"]

@@ -13,7 +13,7 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
-from corrtree.bench._common import header, loglog_slope, median_seconds, parser
+from corrtree.bench._common import header, loglog_slope, median_seconds, parse, parser
 from corrtree.train import thread_limit
 
 STRUCTURES = {"dtree": ct.CorrelationDTree, "wtree": ct.CorrelationWTree}
@@ -30,7 +30,7 @@ def sweep(base: dict, values: dict) -> list[dict]:
 def main(argv=None):
     p = parser(__name__, __doc__)
     p.add_argument("--repeats", type=int, default=3, help="timed builds per point (median)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.quick:
         base = {"n": 64, "m": 512, "d": 16}
         values = {"n": [32, 128], "m": [256, 1024], "d": [8, 32]}

@@ -33,16 +33,18 @@ from corrtree.bench._common import (
     BASELINE_METHODS,
     header,
     method_label,
+    parse,
     parser,
     peak_rss_bytes,
     plan_methods,
+    reference_lr,
     reset_peak_rss,
     step_summary,
 )
 from corrtree.bench._methods import make_method
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
-from corrtree.train import auto_lr, batch_schedule, thread_limit
+from corrtree.train import batch_schedule, thread_limit
 
 TOLERANCE = 1e-4
 
@@ -93,7 +95,7 @@ def main(argv=None):
         "tight baselines), dense32, corrtree engine names (float32) and engine names ending "
         "in 64 (float64)",
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if min(args.n, args.batch, args.epochs, args.threads) < 1:
         p.error("--n, --batch, --epochs and --threads must be >= 1")
     if args.quick:
@@ -104,7 +106,7 @@ def main(argv=None):
         desc = f"fashion-mnist first {args.n}, labels 0-4 -> +1"
     X, Y = data.X, data.y.reshape(data.n, -1)
     width = 1 << args.m_log2
-    lr = args.lr if args.lr is not None else auto_lr(data.n, args.batch)
+    lr = args.lr if args.lr is not None else reference_lr(args.batch)
     per_epoch = -(-data.n // args.batch)
     batches = list(batch_schedule(data.n, args.batch, args.epochs * per_epoch, args.seed))
     W0, A0 = init_weights(X.shape[1], (0, width), seed=args.seed, dtype=np.float32)

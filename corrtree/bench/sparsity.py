@@ -19,9 +19,9 @@ import numpy as np
 
 import corrtree as ct
 from corrtree import _io
-from corrtree.bench._common import header, loglog_slope, parser
+from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
-from corrtree.train import auto_lr, thread_limit
+from corrtree.train import thread_limit
 
 
 def firing_counts(X32: np.ndarray, m: int, b: float, seed: int, block: int = 1 << 14):
@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("--train-m-log2", type=int, default=14)
     p.add_argument("--train-steps", type=int, default=100)
     p.add_argument("--every", type=int, default=5, help="dense recount every K steps")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.quick:
         data = load_dataset("synthetic", n=100, d=16, seed=0)
         desc = "synthetic n=100 d=16"
@@ -109,7 +109,7 @@ def main(argv=None):
             X32,
             data.y,
             steps=args.train_steps + 1,
-            lr=auto_lr(data.n, None),
+            lr=reference_lr(data.n),
             engine="certified",
             callback=record,
         )

@@ -76,6 +76,7 @@ class CertifiedFiring(Firing):
     Zhot: np.ndarray = field(repr=False, default=None)
     blas: bool = False
     hot_fired: np.ndarray | None = field(repr=False, default=None)
+    Xb: np.ndarray | None = field(repr=False, default=None)  # the batch's rows of X
 
 
 class CertifiedEngine(Engine):
@@ -211,8 +212,15 @@ class CertifiedEngine(Engine):
             col_ptr, brows, _ = S.transpose(bptr, bcand, bcand, self.m)
         nh = self.hot_ids.size
         blas, hot_fired = False, None  # hot neurons as one dense block (BLAS forward, gradient)
+        # The batch's rows, contiguous: every gathered kernel of the step then reads them
+        # from a small block that stays in cache, not from rows scattered over X.
+        Xb = (
+            self.X
+            if full
+            else np.take(self.X, rows, axis=0, out=self._buffer("Xb", rows.shape + (net.d,)))
+        )
+        every = self._every(rows.size)
         if nh:
-            Xb = self.X if full else self.X[rows]
             Zhot = matmul(self._Wh[:nh], Xb.T, out=self._buffer("Zhot", (nh, rows.size)))
             threshold = self._blas_gradient(rows.size)
             if threshold < np.inf:
@@ -221,13 +229,13 @@ class CertifiedEngine(Engine):
         else:
             Zhot = self._no_hot
         nptr, frows, fval, checks = S.neuron_exact(
-            col_ptr, brows, rows, self.X, net.W, self.hot_pos, Zhot, float(self.b), not blas
+            col_ptr, brows, every, Xb, net.W, self.hot_pos, Zhot, float(self.b), not blas
         )
         self.counters["exact_checks"] += int(checks)
         self.counters["hot_checks"] += rows.size * nh
         self.counters["inner_products"] += int(checks) + rows.size * nh
         pairs = frows.size + (int(hot_fired.sum()) if blas else 0)
-        return CertifiedFiring(rows, pairs, S.Pairs(nptr, frows, fval), Zhot, blas, hot_fired)
+        return CertifiedFiring(rows, pairs, S.Pairs(nptr, frows, fval), Zhot, blas, hot_fired, Xb)
 
     def forward(self, firing):
         net = self.net
@@ -253,7 +261,7 @@ class CertifiedEngine(Engine):
         if firing.blas:
             # The hot neurons fire densely enough that one BLAS product over the batch beats
             # gathering their pairs: their gradient is C_hot @ X_batch.
-            Xb = self.X if rows.size == self.n else self.X[rows]
+            Xb = firing.Xb
             C = self._buffer("Chot", (nh, rows.size))
             S.hot_coefficient_matrix(firing.Zhot, self.b, net.A, self.hot_ids, E, self.scale, C)
             G = matmul(C, Xb, out=self._buffer("Ghot", (nh, net.d)))
@@ -264,8 +272,8 @@ class CertifiedEngine(Engine):
         S.neuron_step(
             S.Pairs(nptr, frows, coef),
             neurons,
-            rows,
-            self.X,
+            self._every(rows.size),
+            firing.Xb,
             net.W,
             lr,
             S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh),
@@ -290,6 +298,12 @@ class CertifiedEngine(Engine):
         if self.options.blas_gradient is not None:
             return self.options.blas_gradient
         return 0.1 if batch >= 1024 else np.inf
+
+    def _every(self, size: int) -> np.ndarray:
+        """arange(size) as int64, kept: the batch rows' positions in their contiguous copy."""
+        if getattr(self, "_arange", None) is None or self._arange.size < size:
+            self._arange = np.arange(max(size, self.n), dtype=np.int64)
+        return self._arange[:size]
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A scratch array of this shape kept between steps; its first axis grows by half
