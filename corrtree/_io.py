@@ -30,8 +30,10 @@ def describe_oserror(e: OSError, action: str = "write") -> str:
     why = e.strerror or str(e)
     if e.errno == errno.ENAMETOOLONG:
         why = "the name is too long"
-    elif e.errno in (errno.ENOTDIR,):
+    elif e.errno == errno.ENOTDIR:
         why = "a part of the path is a file, not a folder"
+    elif e.errno == errno.EEXIST and os.path.exists(where) and not os.path.isdir(where):
+        why = "it is a file, not a folder"
     elif e.errno == errno.EISDIR:
         why = "it is a folder"
     return f"cannot {action} {where}: {why}"
@@ -43,11 +45,8 @@ def umask() -> int:
     return old
 
 
-@contextmanager
-def atomic_path(path: str, suffix: str = ""):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step
-    (with the mode a new file gets under the umask), on failure it is removed, so readers
-    never see a half-written file."""
+def _temp_beside(path: str, suffix: str) -> str:
+    """A new empty temporary file in the folder of ``path`` (created if needed)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -55,6 +54,15 @@ def atomic_path(path: str, suffix: str = ""):
     except OSError as e:
         raise PathError(describe_oserror(e)) from None
     os.close(fd)
+    return tmp
+
+
+@contextmanager
+def atomic_path(path: str, suffix: str = ""):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step
+    (with the mode a new file gets under the umask), on failure it is removed, so readers
+    never see a half-written file."""
+    tmp = _temp_beside(path, suffix)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask())
@@ -108,8 +116,7 @@ def check_writable(path: str) -> None:
     computation whose result would be lost)."""
     if os.path.isdir(path):
         raise PathError(f"cannot write {path}: it is a folder")
-    with atomic_path(path, ".check"):
-        pass
+    os.remove(_temp_beside(path, ".check"))  # the target itself is not touched
 
 
 def clean_stale_tmp(folder: str) -> list[str]:

@@ -84,11 +84,20 @@ def available_memory() -> int:
 
 
 def check_memory(nbytes: int, what: str, limit: int | None = None) -> None:
-    """Refuse an allocation of ``nbytes`` that would not fit (``limit`` defaults to what is
-    available now, overridable by the CORRTREE_MAX_MEMORY environment variable in bytes)."""
-    if limit is None:
-        env = os.environ.get("CORRTREE_MAX_MEMORY")
-        limit = int(float(env)) if env else available_memory()
+    """Refuse an allocation of ``nbytes`` that would not fit: more than ``limit`` (default:
+    the memory available now), or than the CORRTREE_MAX_MEMORY environment variable (bytes),
+    which can only lower the limit, never raise it above what the machine has."""
+    available = available_memory()
+    limit = available if limit is None else min(int(limit), available)
+    env = os.environ.get("CORRTREE_MAX_MEMORY")
+    if env:
+        try:
+            cap = int(float(env))
+        except ValueError:
+            raise ValueError(
+                f"CORRTREE_MAX_MEMORY must be a number of bytes, got {env!r}"
+            ) from None
+        limit = min(limit, cap)
     if nbytes > limit:
         raise MemoryError(
             f"{what} needs about {fmt_bytes(nbytes)} but only {fmt_bytes(limit)} is available; "

@@ -372,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         print("corrtree: terminated", file=sys.stderr)
         return 143
     except Exception as e:
+        # A signal that arrives while a compiled kernel runs surfaces as a SystemError
+        # whose context is the handler's exception.
+        cause = e.__cause__ or e.__context__
+        if isinstance(e, SystemError) and isinstance(cause, Terminated | KeyboardInterrupt):
+            stopped = "terminated" if isinstance(cause, Terminated) else "interrupted"
+            print(f"corrtree: {stopped}", file=sys.stderr)
+            return 143 if stopped == "terminated" else 130
         if debug:
             raise
         known = isinstance(e, _ERRORS)

@@ -211,7 +211,8 @@ def train(
     cls = engine_class(engine, n, net.width)
     options = cls.make_options(engine_options)
     hist = History(engine=cls.name, batch_size=batch_size)
-    with thread_limit(threads):
+    # Overflow is divergence, reported by the watch below with the step: no numpy warnings.
+    with thread_limit(threads), np.errstate(over="ignore", invalid="ignore"):
         t0 = time.perf_counter()
         eng = cls(net, X, options, max_memory=max_memory)
         hist.preprocess_seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ EXACTNESS = {
     "gd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
     "sgd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),
     "epochs": lambda r: r["weight_relative_error"] <= 1e-4,
+    "scaling": lambda r: r["all_exact"],
     "sparsity": lambda r: r["train"]["engine_matches_dense_counts"],
     "preprocessing": lambda r: r["all_match_dense"],
     "periter": lambda r: r["all_exact"],
@@ -77,6 +78,7 @@ def test_plots_from_json(results, tmp_path):
         "dims.png",
         "gd.png",
         "sgd.png",
+        "epochs.png",
     ):
         assert expected in pngs
         assert (tmp_path / expected).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,6 +10,7 @@ from corrtree.sklearn import SparseReLUClassifier, SparseReLURegressor
 
 SMALL = dict(width=64, steps=40)
 
+
 @parametrize_with_checks([SparseReLURegressor(**SMALL), SparseReLUClassifier(**SMALL)])
 def test_sklearn_checks(estimator, check):
     check(estimator)

@@ -316,3 +316,19 @@ def test_certified_blas_gradient_of_hot_neurons(dense_fraction, batch, dtype, rn
     np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
     with pytest.raises(ValueError, match="option blas_gradient must be >= 0, got -1"):
         Stepper("certified", net, X, y[:, None], blas_gradient=-1)
+
+
+def test_certified_scratch_stays_bounded_over_many_epochs(rng):
+    """Batches of two sizes (an epoch's last is smaller) reuse the scratch buffers: their
+    memory does not grow from epoch to epoch (it once grew by half at every change)."""
+    X = unit_rows(rng, 37, 5)
+    y = 3 * rng.standard_normal(37)
+    net = ct.ShiftedReLUNet(5, 300, seed=3)
+    eng = Stepper("certified", net, X, y[:, None], dense_fraction=1e-9)
+    sizes = []
+    for t, rows in enumerate(batch_schedule(37, 8, 5 * 40, seed=0)):
+        eng.step(0.5, rows)
+        if t in (9, 199):
+            sizes.append(sum(a.nbytes for a in eng._scratch.values()))
+    assert eng.hot_ids.size > 0
+    assert sizes[1] <= 1.5 * sizes[0], sizes

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "gd": "full-batch GD side by side: dense NumPy/PyTorch and corrtree's engines",
     "sgd": "mini-batch SGD side by side, weights checked against dense SGD",
     "epochs": "a real run: E epochs of SGD, test accuracy against wall time, corrtree vs dense",
+    "scaling": "SGD step of corrtree against the tight dense step as m grows, 2^14..2^20",
     "sparsity": "neurons firing per point at init (m = 2^10..2^20) and during training",
     "preprocessing": "Init time of both trees over n, m, d: the O(nmd) slope",
     "periter": "time per iteration of dense, dtree and wtree as m grows",

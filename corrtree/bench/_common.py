@@ -69,6 +69,16 @@ def parse(p, argv):
     return args
 
 
+def save(report: dict, out: str | None) -> dict:
+    """Write a benchmark's report as JSON to ``out`` (atomically; nothing when None)."""
+    if out:
+        from corrtree import _io
+
+        _io.write_json(out, report)
+        print(f"wrote {out}")
+    return report
+
+
 def reset_peak_rss() -> None:
     """Reset the kernel's resident high-water mark of this process (Linux; no-op elsewhere)."""
     gc.collect()

@@ -12,9 +12,25 @@ import time
 import numpy as np
 
 from corrtree.engines import StepInfo, make_engine
-from corrtree.train import take_step
+from corrtree.train import take_step, thread_limit
 
 BASELINES = ("numpy-tight", "torch-tight")
+
+
+def method_threads(name: str, threads: int):
+    """The context a method runs in with ``threads`` threads: corrtree's engines under
+    ``thread_limit`` (numba and corrtree's product threads, BLAS single-threaded); the NumPy
+    baseline with BLAS on ``threads`` threads, as a user runs it; PyTorch with its own pool
+    (``torch.set_num_threads``, set by the benchmark)."""
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    if name == "numpy-tight":
+        return threadpool_limits(limits=threads, user_api="blas")
+    if name == "torch-tight":
+        return nullcontext()
+    return thread_limit(threads)
 
 
 class EngineMethod:

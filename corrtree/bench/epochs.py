@@ -25,7 +25,6 @@ import time
 import numpy as np
 
 import corrtree as ct
-from corrtree import _io
 from corrtree.bench._common import (
     header,
     parse,
@@ -33,11 +32,12 @@ from corrtree.bench._common import (
     peak_rss_bytes,
     reference_lr,
     reset_peak_rss,
+    save,
 )
-from corrtree.bench._methods import make_method
+from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
-from corrtree.train import auto_lr, batch_schedule, thread_limit
+from corrtree.train import auto_lr, batch_schedule
 
 
 def accuracy(net, X, labels) -> float:
@@ -50,7 +50,7 @@ def run(method, X, Y, Xt, lt, W0, A0, batches, per_epoch, epochs, lr, threads, l
     net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
     reset_peak_rss()
     out = {"epoch_seconds": [], "test_accuracy": [], "step_seconds": []}
-    with thread_limit(threads) if method == "auto" else _blas_threads(threads):
+    with method_threads(method, threads):
         t0 = time.perf_counter()
         m = make_method(method, net, X, Y)
         out["preprocess_seconds"] = time.perf_counter() - t0
@@ -71,12 +71,6 @@ def run(method, X, Y, Xt, lt, W0, A0, batches, per_epoch, epochs, lr, threads, l
     out["stats"] = {k: int(v) for k, v in m.stats().items()}
     out["peak_rss_bytes"] = peak_rss_bytes()
     return out, net.W
-
-
-def _blas_threads(threads):
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def main(argv=None):
@@ -227,10 +221,7 @@ def main(argv=None):
             f"time to {args.target:.0%} test accuracy: corrtree {t_ours:.1f} s (epoch {e_ours}),"
             f" dense {t_dense:.1f} s (epoch {e_dense}) -> {report['speedup_time_to_target']:.2f}x"
         )
-    if args.out:
-        _io.write_json(args.out, report)
-        print(f"wrote {args.out}")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

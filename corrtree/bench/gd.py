@@ -23,7 +23,6 @@ import tracemalloc
 import numpy as np
 
 import corrtree as ct
-from corrtree import _io
 from corrtree.bench._common import (
     BASELINE_METHODS,
     header,
@@ -33,12 +32,12 @@ from corrtree.bench._common import (
     peak_rss_bytes,
     plan_methods,
     reset_peak_rss,
+    save,
     step_summary,
 )
-from corrtree.bench._methods import make_method
+from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
-from corrtree.train import thread_limit
 
 TOLERANCE = 1e-4
 
@@ -51,21 +50,23 @@ def load(quick: bool):
     return "fashion-mnist first 2000, labels 0-4 -> +1", data.X, data.y
 
 
-def run_method(name, X, y, W0, A0, dtype, steps, lr):
+def run_method(name, X, y, W0, A0, dtype, steps, lr, threads=2):
     net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     Xd = X.astype(dtype)
     Y = y.reshape(len(y), -1).astype(dtype)
     approximate = name.startswith("lsh-")
     reset_peak_rss()
     tracemalloc.start()
-    t0 = time.perf_counter()
-    eng = make_method(name, net, Xd, Y)
-    pre = time.perf_counter() - t0
-    infos, true_pairs = [], []
-    for _ in range(steps):
-        if approximate:  # the exact firing count at these weights, outside the timing
-            true_pairs.append(int(np.count_nonzero(Xd @ net.W.T > net.dtype.type(net.threshold))))
-        infos.append(eng.step(lr))
+    with method_threads(name, threads):
+        t0 = time.perf_counter()
+        eng = make_method(name, net, Xd, Y)
+        pre = time.perf_counter() - t0
+        infos, true_pairs = [], []
+        for _ in range(steps):
+            if approximate:  # the exact firing count at these weights, outside the timing
+                Z = Xd @ net.W.T
+                true_pairs.append(int(np.count_nonzero(Z > net.dtype.type(net.threshold))))
+            infos.append(eng.step(lr))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     secs = [sum(i.seconds.values()) for i in infos]
@@ -128,15 +129,14 @@ def main(argv=None):
     W0, A0 = init_weights(X.shape[1], (0, width), seed=args.seed, dtype=np.float32)
     plan = plan_methods(args.methods, args.threads)
     results = []
-    with thread_limit(args.threads):
-        # Warm-up: compile every kernel on a tiny problem so JIT time is never measured.
-        small = X[:20]
-        for name, dtype in plan:
-            run_method(name, small, y[:20], W0[:64], A0[:64], dtype, 2, lr)
-        for name, dtype in plan:
-            print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
-            steps = ref_steps if name == "dense" or name in BASELINE_METHODS else args.steps
-            results.append(run_method(name, X, y, W0, A0, dtype, steps, lr))
+    # Warm-up: compile every kernel on a tiny problem so JIT time is never measured.
+    small = X[:20]
+    for name, dtype in plan:
+        run_method(name, small, y[:20], W0[:64], A0[:64], dtype, 2, lr, args.threads)
+    for name, dtype in plan:
+        print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
+        steps = ref_steps if name == "dense" or name in BASELINE_METHODS else args.steps
+        results.append(run_method(name, X, y, W0, A0, dtype, steps, lr, args.threads))
     ref = np.array(results[0]["loss"])
     base = [r for r in results if r["engine"] in BASELINE_METHODS]
     fast = min(base or results[:1], key=lambda r: r["mean_step_seconds"])
@@ -184,10 +184,7 @@ def main(argv=None):
             f"{r['max_relative_loss_gap']:13.2e} "
             f"{'yes' if r['exact_within_tolerance'] else 'NO':>6s}"
         )
-    if args.out:
-        _io.write_json(args.out, report)
-        print(f"wrote {args.out}")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

@@ -146,15 +146,49 @@ def side_by_side(r, out, name):
     ]
     ax.barh(
         labels,
-        [x["median_step_seconds"] for x in res],
+        [x.get("mean_step_seconds", x["median_step_seconds"]) for x in res],
         color=["tab:blue" if ok else "tab:gray" for ok in exact],
     )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("median seconds per step (log)")
+    ax.set_xlabel("mean seconds per step, rebuilds included (log)")
     kind = "full-batch GD" if name.startswith("gd") else f"SGD, batch {r.get('batch')}"
     ax.set_title(f"{kind}: n = {r['n']}, m = {r['m']}, {r['threads']} threads", fontsize=9)
     ax.invert_yaxis()
+    return [save(fig, os.path.join(out, f"{name}.png"))]
+
+
+def epochs(r, out, name):
+    """Test accuracy against wall time (preprocessing included) for both sides; the dense
+    side's later epochs are extrapolated in time and drawn hollow, at corrtree's accuracy
+    (the same trajectory: both are exact dense SGD on the same batches)."""
+    from corrtree.plots import save
+
+    fig, ax = _fig()
+    ours, dense = r["corrtree"], r["dense"]
+    t = np.cumsum(ours["epoch_seconds"])
+    ax.plot(t, ours["test_accuracy"], "o-", label=f"corrtree ({ours['engine']})")
+    td = np.cumsum(dense["epoch_seconds"] + dense.get("epoch_seconds_extrapolated", []))
+    k = len(dense["test_accuracy"])
+    ax.plot(td[:k], dense["test_accuracy"], "s-", color="tab:red", label=dense["method"])
+    if len(td) > k:
+        ax.plot(
+            td[k:],
+            ours["test_accuracy"][k:],
+            "s--",
+            mfc="none",
+            color="tab:red",
+            label="dense, time extrapolated (same trajectory)",
+        )
+    ax.axhline(r["target_accuracy"], color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("wall time, s (preprocessing included)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(
+        f"SGD on {r['n']} images, m = {r['m']}, batch {r['batch']}: "
+        f"{r['speedup_end_to_end']:.1f}x end to end",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
     return [save(fig, os.path.join(out, f"{name}.png"))]
 
 
@@ -179,6 +213,10 @@ def main(argv=None):
             written += PLOTS[name](r, args.out_dir)
         elif name in ("gd", "sgd"):
             written += side_by_side(r, args.out_dir, stem)
+        elif name == "epochs":
+            written += epochs(r, args.out_dir, stem)
+        elif name == "ab_revision":
+            continue
         else:
             print(f"{fname}: not a benchmark report, skipped", file=sys.stderr)
     for w in written:

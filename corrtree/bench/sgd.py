@@ -28,7 +28,6 @@ import time
 import numpy as np
 
 import corrtree as ct
-from corrtree import _io
 from corrtree.bench._common import (
     BASELINE_METHODS,
     header,
@@ -39,28 +38,30 @@ from corrtree.bench._common import (
     plan_methods,
     reference_lr,
     reset_peak_rss,
+    save,
     step_summary,
 )
-from corrtree.bench._methods import make_method
+from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
-from corrtree.train import batch_schedule, thread_limit
+from corrtree.train import batch_schedule
 
 TOLERANCE = 1e-4
 
 
-def run_method(name, X, Y, W0, A0, dtype, batches, lr, progress):
+def run_method(name, X, Y, W0, A0, dtype, batches, lr, progress, threads=2):
     net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     Xd, Yd = X.astype(dtype), Y.astype(dtype)
     reset_peak_rss()
-    t0 = time.perf_counter()
-    eng = make_method(name, net, Xd, Yd)
-    pre = time.perf_counter() - t0
-    infos = []
-    for t, rows in enumerate(batches):
-        infos.append(eng.step(lr, rows))
-        if progress and (t + 1) % 50 == 0:
-            print(f"  {name}: step {t + 1}/{len(batches)}", file=sys.stderr, flush=True)
+    with method_threads(name, threads):
+        t0 = time.perf_counter()
+        eng = make_method(name, net, Xd, Yd)
+        pre = time.perf_counter() - t0
+        infos = []
+        for t, rows in enumerate(batches):
+            infos.append(eng.step(lr, rows))
+            if progress and (t + 1) % 50 == 0:
+                print(f"  {name}: step {t + 1}/{len(batches)}", file=sys.stderr, flush=True)
     peak = peak_rss_bytes()
     secs = [sum(i.seconds.values()) for i in infos]
     return {
@@ -112,28 +113,27 @@ def main(argv=None):
     W0, A0 = init_weights(X.shape[1], (0, width), seed=args.seed, dtype=np.float32)
     plan = plan_methods("dense32," + args.methods, args.threads)
     results = []
-    with thread_limit(args.threads):
-        small = [np.arange(10, dtype=np.int64)] * 2  # compile every kernel first
-        for name, dtype in plan:
-            run_method(name, X[:20], Y[:20], W0[:64], A0[:64], dtype, small, lr, False)
-        refs = {}  # final weights of dense SGD per dtype
-        for name, dtype in plan:
-            print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
-            r, W = run_method(name, X, Y, W0, A0, dtype, batches, lr, not args.quick)
-            if name == "dense":
-                refs[r["dtype"]] = (W, r["loss"])
-            for key, (Wr, _) in refs.items():
-                r[f"weight_relative_error_vs_dense_{key}"] = float(
-                    np.linalg.norm(W - Wr) / np.linalg.norm(Wr)
-                )
-            Wr, loss_ref = refs[r["dtype"]]
-            r["weight_relative_error"] = float(np.linalg.norm(W - Wr) / np.linalg.norm(Wr))
-            r["weight_max_abs_error"] = float(np.abs(W - Wr).max())
-            gap = np.abs(np.array(r["loss"]) - loss_ref) / np.maximum(np.abs(loss_ref), 1e-12)
-            r["max_relative_loss_gap"] = float(gap.max())
-            r["exact_within_tolerance"] = bool(r["weight_relative_error"] <= TOLERANCE)
-            results.append(r)
-            del W
+    small = [np.arange(10, dtype=np.int64)] * 2  # compile every kernel first
+    for name, dtype in plan:
+        run_method(name, X[:20], Y[:20], W0[:64], A0[:64], dtype, small, lr, False, args.threads)
+    refs = {}  # final weights of dense SGD per dtype
+    for name, dtype in plan:
+        print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
+        r, W = run_method(name, X, Y, W0, A0, dtype, batches, lr, not args.quick, args.threads)
+        if name == "dense":
+            refs[r["dtype"]] = (W, r["loss"])
+        for key, (Wr, _) in refs.items():
+            r[f"weight_relative_error_vs_dense_{key}"] = float(
+                np.linalg.norm(W - Wr) / np.linalg.norm(Wr)
+            )
+        Wr, loss_ref = refs[r["dtype"]]
+        r["weight_relative_error"] = float(np.linalg.norm(W - Wr) / np.linalg.norm(Wr))
+        r["weight_max_abs_error"] = float(np.abs(W - Wr).max())
+        gap = np.abs(np.array(r["loss"]) - loss_ref) / np.maximum(np.abs(loss_ref), 1e-12)
+        r["max_relative_loss_gap"] = float(gap.max())
+        r["exact_within_tolerance"] = bool(r["weight_relative_error"] <= TOLERANCE)
+        results.append(r)
+        del W
     base = [r for r in results if r["engine"] in BASELINE_METHODS]
     fast = min(base or results[:1], key=lambda r: r["mean_step_seconds"])
     torch32 = [r for r in results if r["engine"] == "torch-tight"]
@@ -144,6 +144,15 @@ def main(argv=None):
         r["speedup_end_to_end"] = fast["total_seconds"] / r["total_seconds"]
         pairs = [p for p in results[0]["fired_pairs"]]
         r["floor_madds_median"] = float(np.median(pairs)) * X.shape[1]
+    # In float32 the bar is the distance that float32 rounding alone puts between dense SGD
+    # and its float64 twin: a float32 method is as exact as float32 allows when its distance
+    # to dense float64 is no larger (ratio ~1).
+    d32 = [r for r in results if r["engine"] == "dense" and r["dtype"] == "float32"]
+    if d32 and "weight_relative_error_vs_dense_float64" in d32[0]:
+        base32 = d32[0]["weight_relative_error_vs_dense_float64"]
+        for r in results:
+            if r["dtype"] == "float32" and base32 > 0:
+                r["float32_distance_ratio"] = r["weight_relative_error_vs_dense_float64"] / base32
     report = {
         **header("sgd", args.threads),
         "data": desc,
@@ -178,10 +187,7 @@ def main(argv=None):
             f"{r['weight_relative_error_vs_dense_float64']:9.2e} "
             f"{'yes' if r['exact_within_tolerance'] else 'NO':>6s}"
         )
-    if args.out:
-        _io.write_json(args.out, report)
-        print(f"wrote {args.out}")
-    return report
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

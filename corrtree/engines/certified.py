@@ -306,13 +306,16 @@ class CertifiedEngine(Engine):
         return self._arange[:size]
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A scratch array of this shape kept between steps; its first axis grows by half
-        again when it must, so a growing hot set does not reallocate at every step."""
+        """A scratch array of this shape, a view of flat storage kept between steps. The
+        storage grows by half again when it must (a growing hot set does not reallocate at
+        every step) and never for a change of shape alone (batches of other sizes, such as an
+        epoch's last, reuse it), so it stays within 1.5x of the largest shape asked for."""
+        size = int(np.prod(shape))
         buf = self._scratch.get(name)
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            rows = max(shape[0], 3 * (0 if buf is None else buf.shape[0]) // 2)
-            buf = self._scratch[name] = np.empty((rows, *shape[1:]), dtype=self.net.dtype)
-        return buf[: shape[0]]
+        if buf is None or buf.size < size:
+            grown = max(size, 3 * (0 if buf is None else buf.size) // 2)
+            buf = self._scratch[name] = np.empty(grown, dtype=self.net.dtype)
+        return buf[:size].reshape(shape)
 
     def _add_hot(self, ids: np.ndarray) -> None:
         """Turn neurons hot. Their rows are appended to ``_Wh``, a contiguous copy of the hot
