@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from . import __version__
@@ -347,22 +348,27 @@ class Terminated(Exception):
     pass
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated
+_received: list[int] = []  # signals received while a command ran
+
+
+def _on_signal(signum, frame):
+    # Remembered as well as raised: a signal that lands inside a compiled kernel surfaces as
+    # a SystemError without its cause.
+    _received.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; every failure is one line ``corrtree: error: ...`` and exit 2
     (130 when interrupted, 143 when terminated). ``CORRTREE_DEBUG=1`` shows tracebacks."""
-    import signal
-
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = os.environ.get("CORRTREE_DEBUG", "") not in ("", "0")
+    _received.clear()
     try:
-        old = signal.signal(signal.SIGTERM, _on_sigterm)
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread
-        old = None
+        old = {}
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -372,13 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         print("corrtree: terminated", file=sys.stderr)
         return 143
     except Exception as e:
-        # A signal that arrives while a compiled kernel runs surfaces as a SystemError
-        # whose context is the handler's exception.
-        cause = e.__cause__ or e.__context__
-        if isinstance(e, SystemError) and isinstance(cause, Terminated | KeyboardInterrupt):
-            stopped = "terminated" if isinstance(cause, Terminated) else "interrupted"
-            print(f"corrtree: {stopped}", file=sys.stderr)
-            return 143 if stopped == "terminated" else 130
+        if _received:  # a signal that landed inside a compiled kernel
+            term = _received[0] == signal.SIGTERM
+            print(f"corrtree: {'terminated' if term else 'interrupted'}", file=sys.stderr)
+            return 143 if term else 130
         if debug:
             raise
         known = isinstance(e, _ERRORS)
@@ -386,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corrtree: error: {prefix}{error_message(e)}", file=sys.stderr)
         return 2
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
