@@ -152,12 +152,7 @@ class ShiftedReLUNet:
 
     @W.setter
     def W(self, value) -> None:
-        W = as_float_array(value, "W", 2, dtype=self.dtype)
-        if W.shape != (self.width, self.d):
-            raise ValueError(
-                f"W has shape {W.shape} but the network has width={self.width}, d={self.d}"
-            )
-        self._W = W if W.flags.writeable else W.copy()
+        self._W = self._layer(value, "W", (self.width, self.d), f"d={self.d}")
 
     @property
     def A(self) -> np.ndarray:
@@ -166,13 +161,18 @@ class ShiftedReLUNet:
 
     @A.setter
     def A(self, value) -> None:
-        A = as_float_array(value, "A", 2, dtype=self.dtype)
-        if A.shape != (self.width, self.n_outputs):
+        self._A = self._layer(
+            value, "A", (self.width, self.n_outputs), f"n_outputs={self.n_outputs}"
+        )
+
+    def _layer(self, value, name: str, shape: tuple[int, int], other: str) -> np.ndarray:
+        """An assigned layer in the network's dtype, of the network's shape, writable."""
+        arr = as_float_array(value, name, 2, dtype=self.dtype)
+        if arr.shape != shape:
             raise ValueError(
-                f"A has shape {A.shape} but the network has width={self.width}, "
-                f"n_outputs={self.n_outputs}"
+                f"{name} has shape {arr.shape} but the network has width={self.width}, {other}"
             )
-        self._A = A if A.flags.writeable else A.copy()
+        return arr if arr.flags.writeable else arr.copy()
 
     @property
     def a(self) -> np.ndarray:

@@ -142,9 +142,6 @@ def method_label(engine: str, dtype) -> str:
     return engine if dtype == "float32" else f"{engine}-{dtype}"
 
 
-BASELINE_METHODS = ("numpy-tight", "torch-tight")
-
-
 def step_summary(secs: list[float], pre: float) -> dict:
     """What a user waits for: the mean step over all steps (rebuilds and the first step
     included), the median of the steps after the first, and the wall time end to end with

@@ -24,7 +24,6 @@ import numpy as np
 
 import corrtree as ct
 from corrtree.bench._common import (
-    BASELINE_METHODS,
     header,
     method_label,
     parse,
@@ -35,7 +34,7 @@ from corrtree.bench._common import (
     save,
     step_summary,
 )
-from corrtree.bench._methods import make_method, method_threads
+from corrtree.bench._methods import BASELINES, make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
 
@@ -135,10 +134,10 @@ def main(argv=None):
         run_method(name, small, y[:20], W0[:64], A0[:64], dtype, 2, lr, args.threads)
     for name, dtype in plan:
         print(f"running {name} ({np.dtype(dtype).name}) ...", file=sys.stderr, flush=True)
-        steps = ref_steps if name == "dense" or name in BASELINE_METHODS else args.steps
+        steps = ref_steps if name == "dense" or name in BASELINES else args.steps
         results.append(run_method(name, X, y, W0, A0, dtype, steps, lr, args.threads))
     ref = np.array(results[0]["loss"])
-    base = [r for r in results if r["engine"] in BASELINE_METHODS]
+    base = [r for r in results if r["engine"] in BASELINES]
     fast = min(base or results[:1], key=lambda r: r["mean_step_seconds"])
     for r in results:
         k = min(len(ref), len(r["loss"]))

@@ -29,7 +29,6 @@ import numpy as np
 
 import corrtree as ct
 from corrtree.bench._common import (
-    BASELINE_METHODS,
     header,
     method_label,
     parse,
@@ -41,7 +40,7 @@ from corrtree.bench._common import (
     save,
     step_summary,
 )
-from corrtree.bench._methods import make_method, method_threads
+from corrtree.bench._methods import BASELINES, make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
 from corrtree.train import batch_schedule
@@ -134,7 +133,7 @@ def main(argv=None):
         r["exact_within_tolerance"] = bool(r["weight_relative_error"] <= TOLERANCE)
         results.append(r)
         del W
-    base = [r for r in results if r["engine"] in BASELINE_METHODS]
+    base = [r for r in results if r["engine"] in BASELINES]
     fast = min(base or results[:1], key=lambda r: r["mean_step_seconds"])
     torch32 = [r for r in results if r["engine"] == "torch-tight"]
     for r in results:
