@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ _RUN_OPTIONS = (
     "normalize",
     "targets",
     "width",
+    "widths",
     "threshold",
     "lr",
     "batch_size",
@@ -50,6 +52,18 @@ def _positive(v: str) -> int:
     if k < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {k}")
     return k
+
+
+def _widths(v: str) -> list[int]:
+    try:
+        widths = [int(w) for w in v.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {v!r}"
+        ) from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {v!r}")
+    return widths
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -85,6 +99,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("network and training")
     g.add_argument("--width", type=_positive, default=4096, help="hidden neurons m")
+    g.add_argument(
+        "--widths",
+        type=_widths,
+        metavar="M1,M2,...",
+        help="a deep network with hidden layers of these widths, e.g. 16384,16384 (--engine "
+        "then finds layer 1's firing pairs: auto, dense, dtree, wtree or halfspace)",
+    )
     g.add_argument("--threshold", type=float, help="ReLU shift b (default: sqrt(0.4 ln m))")
     g.add_argument("--steps", type=_positive, help="gradient steps (default: 20)")
     g.add_argument("--epochs", type=_positive, help="passes over the data instead of --steps")
@@ -115,7 +136,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
-    g.add_argument("--threads", type=_positive, help="numba and BLAS threads")
+    g.add_argument(
+        "--threads", type=_positive, help="numba and BLAS threads (per worker with --workers)"
+    )
+    g = p.add_argument_group("distributed (Ray: pip install 'corrtree[ray]')")
+    g.add_argument(
+        "--workers",
+        type=_positive,
+        help="split the neurons over N Ray workers, each training its block exactly; the "
+        "model and checkpoints are written as shards (default: one process)",
+    )
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join the Ray cluster at HOST:PORT (or auto) instead of starting a local one",
+    )
     g = p.add_argument_group("output")
     g.add_argument(
         "--checkpoint-every",
@@ -148,7 +183,8 @@ def cmd_train(args) -> int:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ValueError(
                 f"--resume continues the run with its own configuration; {flags} cannot be "
-                "changed (only --steps or --epochs, to extend it, --threads and --quiet)"
+                "changed (only --steps or --epochs, to extend it, --threads, --workers, "
+                "--ray-address and --quiet)"
             )
         summary = run_training(
             out,
@@ -156,16 +192,26 @@ def cmd_train(args) -> int:
             steps=args.steps,
             epochs=args.epochs,
             threads=args.threads,
+            workers=args.workers,
+            address=args.ray_address,
             progress=not args.quiet,
             log=log,
         )
     else:
+        if args.ray_address and not args.workers:
+            raise ValueError("--ray-address needs --workers N (how many workers to start)")
         summary = run_training(
-            out, _config(args), overwrite=args.overwrite, progress=not args.quiet, log=log
+            out,
+            _config(args),
+            overwrite=args.overwrite,
+            address=args.ray_address,
+            progress=not args.quiet,
+            log=log,
         )
     print(describe(summary))
+    model = "model.json + model.shards/" if summary.get("sharded") else "model.npz"
     print(
-        f"results in {out}/ (config.json, metrics.json, model.npz"
+        f"results in {out}/ (config.json, metrics.json, {model}"
         + (", figures" if summary["figures"] else "")
         + ")"
     )
@@ -184,11 +230,52 @@ def cmd_info(args) -> int:
     print(" ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     if "summary" in metrics:
         print(describe(metrics["summary"]))
+        from .run import load_model
+
+        with contextlib.suppress(FileNotFoundError):
+            print(f"model              {load_model(args.dir)!r}")
     else:
         print(
             f"unfinished: {len(metrics['steps'])} steps recorded (resume with "
             f"corrtree train --resume {args.dir})"
         )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from . import _io
+    from .datasets import load_dataset
+    from .run import RunConfig, accuracy, load_model
+
+    cfg = RunConfig.from_dict(_io.read_json(os.path.join(args.dir, "config.json")))
+    net = load_model(args.dir)
+    data = load_dataset(
+        args.dataset or cfg.dataset,
+        n=args.n if args.n is not None else (None if args.dataset else cfg.n),
+        d=cfg.d,
+        seed=cfg.seed,
+        data_dir=args.data_dir or cfg.data_dir,
+        normalize=cfg.normalize,
+        targets=cfg.targets,
+        split=args.split,
+    )
+    X = data.X.astype(net.dtype)
+    out = net.outputs(net.check_X(X))
+    Y = data.y if data.y.ndim == 2 else data.y[:, None]
+    if Y.shape[1] != out.shape[1]:
+        raise ValueError(
+            f"the data has {Y.shape[1]} targets per point but the model {out.shape[1]} outputs"
+        )
+    e = (out - Y).astype(np.float64)
+    line = f"{data.name} ({args.split}): n={data.n}, loss={0.5 * float(np.sum(e * e)):.6g}"
+    if data.labels is not None:
+        line += f", accuracy={accuracy(out, data.labels, cfg.targets, data.n_classes):.4f}"
+    print(line)
+    if args.save:
+        _io.write_npz(args.save, outputs=out)
+        print(f"outputs written to {args.save}")
     return 0
 
 
@@ -289,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print the summary of a run folder")
     i.add_argument("dir")
     i.set_defaults(func=cmd_info)
+
+    r = sub.add_parser(
+        "predict",
+        help="evaluate a run's model on its dataset (or another)",
+        description="Load the model of a run folder (one file or shards) and report loss and "
+        "accuracy on a dataset; --save writes the outputs.",
+    )
+    r.add_argument("dir", help="run folder")
+    r.add_argument("--dataset", help="dataset (default: the run's)")
+    r.add_argument("--split", choices=("train", "test"), default="train")
+    r.add_argument("--n", type=_positive, help="use the first N points")
+    r.add_argument("--data-dir", help="folder with Fashion-MNIST's files")
+    r.add_argument("--save", metavar="FILE.npz", help="write the outputs (array 'outputs')")
+    r.set_defaults(func=cmd_predict)
 
     d = sub.add_parser(
         "demo",

@@ -46,6 +46,8 @@ class RunConfig:
     seed: int = 0
     threads: int | None = None
     checkpoint_every: int | None = None
+    workers: int | None = None  # Ray workers, each training a block of neurons
+    widths: list[int] | None = None  # hidden layers of a deep network (width then unused)
 
     def validate(self) -> None:
         if self.engine not in ENGINES and self.engine != "auto":
@@ -58,7 +60,16 @@ class RunConfig:
             self.steps = 20
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        for name in ("width", "steps", "epochs", "batch_size", "checkpoint_every", "threads", "n"):
+        for name in (
+            "width",
+            "steps",
+            "epochs",
+            "batch_size",
+            "checkpoint_every",
+            "threads",
+            "n",
+            "workers",
+        ):
             v = getattr(self, name)
             if v is None and name != "width":
                 continue
@@ -70,6 +81,20 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
                 raise TypeError(f"{name} must be a number, got {v!r}")
+        if self.widths is not None:
+            if (
+                not isinstance(self.widths, list | tuple)
+                or not self.widths
+                or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths)
+            ):
+                raise ValueError(f"widths must be positive integers, got {self.widths!r}")
+            self.widths = list(self.widths)
+            if self.workers:
+                raise ValueError(
+                    "--workers shards a two-layer network; deep (--widths) runs "
+                    "train in one process"
+                )
+            self.width = sum(self.widths)
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.threshold is not None and not (
@@ -108,23 +133,42 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str, n_classes: i
 
 
 def _estimate_bytes(cfg: RunConfig, n: int, d: int, C: int) -> int:
-    """The chosen engine's own estimate, plus X, y and the network."""
+    """The chosen engine's own estimate, plus X, y and the network (of the widest shard
+    with workers: what each worker holds)."""
     item = np.dtype(cfg.dtype).itemsize
-    cls = engine_class(cfg.engine, n, cfg.width)
+    if cfg.widths:  # deep: the layers, layer 1's dense buffer and a batch's activations
+        sizes = [d, *cfg.widths]
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        batch = min(n, cfg.batch_size or n)
+        return (weights + 3 * batch * sum(cfg.widths) + n * (d + C)) * item
+    width = -(-cfg.width // (cfg.workers or 1))
+    cls = engine_class(cfg.engine, n, width)
     own = cls.estimate_bytes(
         n,
-        cfg.width,
+        width,
         d,
         dtype=cfg.dtype,
         n_outputs=C,
         batch=cfg.batch_size,
         options=cfg.engine_options,
     )
-    return own + (cfg.width + n) * (d + C) * item
+    return own + (width + n) * (d + C) * item
 
 
-RUN_FILES = ("config.json", "metrics.json", "model.npz", "checkpoint.npz")
+RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "model.npz",
+    "checkpoint.npz",
+    "model.json",
+    "checkpoint.json",
+    "model.shards",
+    "checkpoint.shards",
+)
 FIGURES = ("loss.png", "fired_hist.png", "phases.png")
+# Where a run's weights may be, newest first: checkpoints, then the final model; a sharded
+# model is its index (.json) over a folder of shards (corrtree.sharded).
+STATE_FILES = ("checkpoint.json", "checkpoint.npz", "model.json", "model.npz")
 
 
 class RunFinished(ValueError):
@@ -137,26 +181,50 @@ def config_hash(cfg: RunConfig) -> str:
     keep = {
         k: v
         for k, v in asdict(cfg).items()
-        if k not in ("steps", "epochs", "threads", "checkpoint_every")
+        if k not in ("steps", "epochs", "threads", "checkpoint_every", "workers")
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_model(out: str) -> ShiftedReLUNet:
-    """The network saved in a run folder (``model.npz``, else the last checkpoint)."""
-    for name in ("model.npz", "checkpoint.npz"):
+def load_model(out: str):
+    """The network saved in a run folder: the model, else the last checkpoint. A sharded
+    model is returned as a ``corrtree.sharded.ShardedModel`` (evaluated shard by shard;
+    ``gather()`` makes it one ``ShiftedReLUNet``)."""
+    for name in ("model.json", "model.npz", "checkpoint.json", "checkpoint.npz"):
         path = os.path.join(out, name)
         if os.path.exists(path):
             return _net_from(path)
-    raise FileNotFoundError(f"no model.npz or checkpoint.npz in {out}")
+    raise FileNotFoundError(f"no model (model.npz, model.json) or checkpoint in {out}")
 
 
-def _net_from(path: str) -> ShiftedReLUNet:
+def _read_state(path: str) -> dict:
+    """A saved state's ``step`` and ``config_hash`` (None when absent)."""
+    if path.endswith(".json"):
+        from .sharded import read_index
+
+        ix = read_index(path)
+        return {"step": ix.get("step"), "config_hash": ix.get("config_hash")}
+    st = _io.read_npz(path, "corrtree checkpoint")
+    return {
+        "step": int(st["step"]) if "step" in st else None,
+        "config_hash": str(st["config_hash"]) if st.get("config_hash") is not None else None,
+    }
+
+
+def _net_from(path: str):
+    if path.endswith(".json"):
+        from .sharded import ShardedModel
+
+        return ShardedModel(path)
     state = _io.read_npz(path, "corrtree model file")
     missing = {"W", "a", "threshold"} - set(state)
     if missing:
         raise ValueError(f"{path} is not a corrtree model: it lacks {sorted(missing)}")
     try:
+        if "widths" in state:
+            from .deep import ShiftedReLUMLP
+
+            return ShiftedReLUMLP.from_state(state)
         return ShiftedReLUNet.from_state(state)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path} holds an unusable model: {e}") from None
@@ -183,6 +251,10 @@ def run_training(
     steps: int | None = None,
     epochs: int | None = None,
     threads: int | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    max_restarts: int = 3,
+    callback=None,
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -192,32 +264,55 @@ def run_training(
     holding another run's files is refused unless ``overwrite``, and ``resume`` continues the
     folder's own run (from its checkpoint, which must match its config) or, given ``steps`` or
     ``epochs`` beyond what it did, extends a finished run on the same batch schedule.
+
+    With ``cfg.workers`` (or ``workers`` on resume) the neurons are sharded over Ray workers
+    (``address``: an existing cluster; default a local one); the model and checkpoints are
+    written as shards, and a lost worker is replaced, up to ``max_restarts`` times, by
+    restarting every shard from the last checkpoint (the initialisation before the first).
+    ``callback(t, net, info)`` runs after each step is recorded.
     """
+    opts = {
+        "threads": threads,
+        "workers": workers,
+        "address": address,
+        "max_restarts": max_restarts,
+        "callback": callback,
+        "progress": progress,
+    }
     with _io.FolderLock(out):
         for p in _io.clean_stale_tmp(out):
             log(f"removed {p}, a temporary file left by a killed run")
-        return _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, log)
+        return _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log)
 
 
-def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, log) -> dict:
-    ckpt = os.path.join(out, "checkpoint.npz")
-    model_path = os.path.join(out, "model.npz")
-    state, metrics = None, {"steps": [], "preprocess_seconds": []}
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        import shutil
+
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
+    state_path, state, metrics = None, None, {"steps": [], "preprocess_seconds": []}
     if resume:
         cfg = _read_config(out)
         if steps is not None or epochs is not None:  # a longer run on the same schedule
             cfg.steps, cfg.epochs = steps, epochs
-        if threads is not None:
-            cfg.threads = threads
+        for key in ("threads", "workers"):
+            if opts[key] is not None:
+                setattr(cfg, key, opts[key])
         cfg.validate()
-        for path in (ckpt, model_path):
-            if os.path.exists(path):
-                state = _io.read_npz(path, "corrtree checkpoint")
+        for name in STATE_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                state_path = os.path.join(out, name)
+                state = _read_state(state_path)
                 break
-        if state is not None and state.get("config_hash") is not None:
-            if str(state["config_hash"]) != config_hash(cfg):
+        if state is not None and state["config_hash"] is not None:
+            if state["config_hash"] != config_hash(cfg):
                 raise ValueError(
-                    f"{path} does not belong to the run configured in {out}/config.json "
+                    f"{state_path} does not belong to the run configured in {out}/config.json "
                     "(its configuration hash differs); start a new run with --overwrite"
                 )
     else:
@@ -229,7 +324,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, l
                 "to replace them, --resume to continue that run, or another --out"
             )
         for f in existing:
-            os.remove(os.path.join(out, f))
+            _remove(os.path.join(out, f))
     data = load_dataset(
         cfg.dataset,
         n=cfg.n,
@@ -243,7 +338,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, l
     total = cfg.total_steps(data.n)
     start = 0
     if state is not None:
-        start = int(state["step"]) if "step" in state else _done_steps(out)
+        start = state["step"] if state["step"] is not None else _done_steps(out)
         if start >= total:
             raise RunFinished(
                 f"the run in {out} is finished ({start} steps); give --steps or --epochs "
@@ -253,36 +348,111 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, l
         metrics["steps"] = metrics["steps"][:start]
         for key in ("summary", "final_loss", "final_accuracy", "fired_per_point_end"):
             metrics.pop(key, None)
-    check_memory(
-        _estimate_bytes(cfg, data.n, data.d, Y.shape[1]),
-        f"training with engine {cfg.engine!r} on n={data.n}, width={cfg.width}",
-    )
-    if state is not None:
-        net = _net_from(path)
-        if (net.d, net.n_outputs, net.dtype.name) != (data.d, Y.shape[1], cfg.dtype):
-            raise ValueError(
-                f"{path} holds a network for d={net.d}, {net.n_outputs} outputs, {net.dtype} "
-                f"but the data has d={data.d}, {Y.shape[1]} outputs ({cfg.dtype})"
+    what = f"training with engine {cfg.engine!r} on n={data.n}, width={cfg.width}"
+    if cfg.workers:
+        what += f" (each of {cfg.workers} workers)"
+    check_memory(_estimate_bytes(cfg, data.n, data.d, Y.shape[1]), what)
+    cluster = None
+    if cfg.workers:
+        from .distributed import Cluster
+
+        cluster = Cluster(opts["address"])
+    net = None
+    try:
+        net = _make_net(cfg, data, Y, state_path, cluster)
+        if state_path is not None:
+            log(f"resuming {out} at step {start} of {total}")
+        return _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log)
+    finally:
+        if cluster is not None:
+            if net is not None:
+                net.close()
+            cluster.shutdown()
+
+
+def _make_net(cfg, data, Y, state_path, cluster):
+    """The network to train: a fresh one (sharded over workers with ``cfg.workers``) or the
+    one saved at ``state_path``, checked against the data."""
+    if cfg.workers:
+        from .distributed import ShardedNet
+
+        if state_path is None:
+            return ShardedNet(
+                data.d,
+                cfg.width,
+                cfg.threshold,
+                seed=cfg.seed,
+                dtype=cfg.dtype,
+                n_outputs=Y.shape[1],
+                workers=cfg.workers,
+                cluster=cluster,
             )
-        log(f"resuming {out} at step {start} of {total}")
-    else:
-        net = ShiftedReLUNet(
+        net = ShardedNet.load(state_path, cfg.workers, cluster)
+        net.seed = cfg.seed
+    elif state_path is None and cfg.widths:
+        from .deep import ShiftedReLUMLP
+
+        return ShiftedReLUMLP(
             data.d,
-            cfg.width,
-            cfg.threshold,
+            cfg.widths,
+            n_outputs=Y.shape[1],
+            thresholds=cfg.threshold,
             seed=cfg.seed,
             dtype=cfg.dtype,
-            n_outputs=Y.shape[1],
         )
+    elif state_path is None:
+        return ShiftedReLUNet(
+            data.d, cfg.width, cfg.threshold, seed=cfg.seed, dtype=cfg.dtype, n_outputs=Y.shape[1]
+        )
+    else:
+        net = _net_from(state_path)
+        if state_path.endswith(".json"):
+            net = net.gather()
+    if (net.d, net.n_outputs, net.dtype.name) != (data.d, Y.shape[1], cfg.dtype):
+        raise ValueError(
+            f"{state_path} holds a network for d={net.d}, {net.n_outputs} outputs, {net.dtype} "
+            f"but the data has d={data.d}, {Y.shape[1]} outputs ({cfg.dtype})"
+        )
+    return net
+
+
+def _save(net, out: str, kind: str, step: int, chash: str) -> None:
+    """The network's weights as ``kind`` ("model" or "checkpoint"): one .npz, or shards and
+    their index for a sharded network; the other form of the same kind is removed."""
+    if hasattr(net, "save"):
+        net.save(out, kind, step=step, config_hash=chash)
+        _remove(os.path.join(out, f"{kind}.npz"))
+    else:
+        _io.write_npz(
+            os.path.join(out, f"{kind}.npz"),
+            **net.state_dict(),
+            step=np.array(step),
+            config_hash=np.array(chash),
+        )
+        for f in (f"{kind}.json", f"{kind}.shards"):
+            _remove(os.path.join(out, f))
+
+
+def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log) -> dict:
+    from .distributed import WorkerLostError
+
     X = data.X.astype(net.dtype)
     _io.write_json(os.path.join(out, "config.json"), asdict(cfg))
     if start == 0:
-        metrics["fired_per_point_start"] = firing_counts(net, X)
+        metrics["fired_per_point_start"] = _firing_counts(net, X)
     log(
-        f"{data.name}: n={data.n}, d={data.d}, outputs={net.n_outputs}; width={net.width}, "
-        f"b={net.threshold:.4f}, engine={cfg.engine}, {cfg.dtype}, {total} steps"
+        f"{data.name}: n={data.n}, d={data.d}, outputs={net.n_outputs}; "
+        + (
+            f"widths={list(net.widths)}"
+            if hasattr(net, "widths")
+            else f"width={net.width}, b={net.threshold:.4f}"
+        )
+        + f", engine={cfg.engine}, {cfg.dtype}, {total} steps"
+        + (f", {cfg.workers} workers" if cfg.workers else "")
     )
-    metrics["lr"] = cfg.lr if cfg.lr is not None else auto_lr(data.n, cfg.batch_size, net.threshold)
+    b = net.thresholds[0] if hasattr(net, "thresholds") else net.threshold
+    depth = getattr(net, "depth", 1)
+    metrics["lr"] = cfg.lr if cfg.lr is not None else auto_lr(data.n, cfg.batch_size, b, depth)
     chash = config_hash(cfg)
 
     def record(t, net, info):
@@ -299,62 +469,96 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, l
         metrics["steps"].append(row)
         done = t + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            if not np.isfinite(np.sum(net.W, dtype=np.float64)):
+            finite = (
+                net.finite()
+                if hasattr(net, "finite")
+                else np.isfinite(np.sum(net.W, dtype=np.float64))
+            )
+            if not finite:
                 raise DivergenceError(t, "the weights hold NaN or inf", info.loss)
             _io.write_json(os.path.join(out, "metrics.json"), metrics)
-            _io.write_npz(
-                ckpt, **net.state_dict(), step=np.array(done), config_hash=np.array(chash)
-            )
+            _save(net, out, "checkpoint", done, chash)
+        if opts["callback"] is not None:
+            opts["callback"](t, net, info)
 
     t0 = time.perf_counter()
-    try:
-        hist = train(
-            net,
-            X,
-            Y,
-            steps=total,
-            lr=metrics["lr"],
-            engine=cfg.engine,
-            engine_options=cfg.engine_options,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            threads=cfg.threads,
-            callback=record,
-            progress=progress,
-            start_step=start,
-        )
-    except DivergenceError as e:
-        metrics["diverged"] = {"step": e.step, "last_finite_loss": e.last_loss}
-        _io.write_json(os.path.join(out, "metrics.json"), metrics)
-        if os.path.exists(ckpt):
-            e.args = (f"{e}; the last good checkpoint is kept in {ckpt}",)
-        raise
+    restarts = 0
+    while True:
+        try:
+            hist = train(
+                net,
+                X,
+                Y,
+                steps=total,
+                lr=metrics["lr"],
+                engine=cfg.engine,
+                engine_options=cfg.engine_options,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                threads=cfg.threads,
+                callback=record,
+                progress=opts["progress"],
+                start_step=start,
+            )
+            break
+        except WorkerLostError as e:
+            restarts += 1
+            if restarts > opts["max_restarts"]:
+                raise WorkerLostError(
+                    e.step, RuntimeError(f"{e}; gave up after {opts['max_restarts']} restarts")
+                ) from None
+            # The newest state of this run: a checkpoint, else the model a resumed run
+            # started from, else the seeded initialisation (step 0).
+            found = [f for f in STATE_FILES if os.path.exists(os.path.join(out, f))]
+            source = os.path.join(out, found[0]) if found else None
+            start = _read_state(source)["step"] if source is not None else 0
+            log(
+                f"{e}; restarting every worker from step {start} ({restarts} of "
+                f"{opts['max_restarts']} restarts)"
+            )
+            net.restore(source)
+            metrics["steps"] = metrics["steps"][:start]
+        except DivergenceError as e:
+            metrics["diverged"] = {"step": e.step, "last_finite_loss": e.last_loss}
+            _io.write_json(os.path.join(out, "metrics.json"), metrics)
+            if any(
+                os.path.exists(os.path.join(out, f)) for f in ("checkpoint.npz", "checkpoint.json")
+            ):
+                e.args = (f"{e}; the last good checkpoint is kept in {out}",)
+            raise
     metrics["preprocess_seconds"].append(hist.preprocess_seconds)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["stats"] = hist.stats
     metrics["engine"] = hist.engine
+    if restarts:
+        metrics["restarts"] = restarts
     # The trained model first, before anything optional: a folder that cannot take it sends
     # it to a fallback file that the error names.
-    state_out = {**net.state_dict(), "step": np.array(total), "config_hash": np.array(chash)}
     try:
-        _io.write_npz(model_path, **state_out)
+        _save(net, out, "model", total, chash)
     except OSError as e:
+        if hasattr(net, "save"):
+            raise
         fallback = os.path.join(
             tempfile.gettempdir(), f"corrtree-model-{os.getpid()}-{int(time.time())}.npz"
         )
-        _io.write_npz(fallback, **state_out)
+        _io.write_npz(
+            fallback, **net.state_dict(), step=np.array(total), config_hash=np.array(chash)
+        )
         raise _io.PathError(f"{e}; the trained model was saved to {fallback}") from None
-    metrics["fired_per_point_end"] = firing_counts(net, X)
+    metrics["fired_per_point_end"] = _firing_counts(net, X)
     metrics["final_loss"] = net.loss(X, Y)
     if data.labels is not None:
         metrics["final_accuracy"] = accuracy(
             net.outputs(X), data.labels, cfg.targets, data.n_classes
         )
     summary = summarize(metrics, net, data.n)
+    if cfg.workers:
+        summary["sharded"] = True
     metrics["summary"] = summary
     _io.write_json(os.path.join(out, "metrics.json"), metrics)
-    if os.path.exists(ckpt):
-        os.remove(ckpt)
+    for f in ("checkpoint.npz", "checkpoint.json", "checkpoint.shards"):
+        _remove(os.path.join(out, f))
     if summary["fired_fraction"] == 0:
         log(
             "warning: no neuron fires on any point at the end of training: the network "
@@ -372,6 +576,10 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, threads, progress, l
         summary["figures"] = []
         log(f"warning: figures not written: {_io.describe_oserror(e)}")
     return summary
+
+
+def _firing_counts(net, X: np.ndarray) -> np.ndarray:
+    return net.firing_counts(X) if hasattr(net, "firing_counts") else firing_counts(net, X)
 
 
 def _done_steps(out: str) -> int:

@@ -15,9 +15,14 @@ __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
 
 
 class _SparseReLUBase(BaseEstimator):
+    """``width``: the hidden layer's width; ``widths`` = (m_1, ..., m_L) instead trains a deep
+    shifted-ReLU network (``corrtree.deep.ShiftedReLUMLP``, ``threshold`` then applies to
+    every layer, None: each layer's default)."""
+
     def __init__(
         self,
         width: int = 4096,
+        widths: tuple[int, ...] | None = None,
         threshold: float | None = None,
         steps: int = 100,
         lr: float | None = None,
@@ -30,6 +35,7 @@ class _SparseReLUBase(BaseEstimator):
         random_state: int = 0,
     ):
         self.width = width
+        self.widths = widths
         self.threshold = threshold
         self.steps = steps
         self.lr = lr
@@ -47,15 +53,29 @@ class _SparseReLUBase(BaseEstimator):
 
     def _fit(self, X: np.ndarray, Y: np.ndarray):
         n = X.shape[0]
-        self.net_ = ShiftedReLUNet(
-            X.shape[1],
-            self.width,
-            self.threshold,
-            seed=self.random_state,
-            dtype=self.dtype,
-            n_outputs=Y.shape[1],
-        )
-        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size, self.net_.threshold)
+        if self.widths is not None:  # a deep network: hidden layers of these widths
+            from .deep import ShiftedReLUMLP
+
+            self.net_ = ShiftedReLUMLP(
+                X.shape[1],
+                self.widths,
+                n_outputs=Y.shape[1],
+                thresholds=self.threshold,
+                seed=self.random_state,
+                dtype=self.dtype,
+            )
+            b, depth = self.net_.thresholds[0], self.net_.depth
+        else:
+            self.net_ = ShiftedReLUNet(
+                X.shape[1],
+                self.width,
+                self.threshold,
+                seed=self.random_state,
+                dtype=self.dtype,
+                n_outputs=Y.shape[1],
+            )
+            b, depth = self.net_.threshold, 1
+        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size, b, depth)
         self.history_ = train(
             self.net_,
             X,

@@ -1,3 +1,9 @@
+import os
+
+# Ray (distributed tests) listens and connects on 127.0.0.1 only with this set; set before
+# any test imports Ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 import numpy as np
 import pytest
 

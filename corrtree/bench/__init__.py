@@ -19,6 +19,8 @@ BENCHMARKS = {
     "preprocessing": "Init time of both trees over n, m, d: the O(nmd) slope",
     "periter": "time per iteration of dense, dtree and wtree as m grows",
     "dims": "SYZ21 half-space ball tree against the correlation trees as d grows",
+    "distributed": "neurons sharded over 1, 2, 4 Ray workers: overhead, bytes, memory per step",
+    "deep": "deep shifted-ReLU networks: exact sparse engine vs tight dense and sparse PyTorch",
     "plots": "PNG plots in docs/results from the JSON in benchmarks/results",
 }
 

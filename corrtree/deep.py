@@ -1,0 +1,430 @@
+"""Deep shifted-ReLU networks, trained exactly at the cost of the units that fire.
+
+The network: h^0 = x (unit norm), z^l = W_l h^(l-1), h^l = max(z^l - b_l, 0) for l = 1..L,
+f(x) = (1 / sqrt(m_L)) A^T h^L with A in {+1, -1}^(m_L x C) fixed at initialisation. Every W_l
+is trained. With L = 1 it is ``ShiftedReLUNet``, weight for weight.
+
+Initialisation. W_1 has N(0, 1) entries (so z^1 ~ N(0, 1) for unit-norm x), as the paper's
+network. For l >= 2 the entries are N(0, s_l^2) with
+
+    s_l^2 = 1 / (m_(l-1) g(b_(l-1))),   g(b) = E[(z - b)_+^2] = (1 + b^2) Q(b) - b phi(b),
+
+z ~ N(0, 1), Q the normal tail and phi its density: E||h^(l-1)||^2 = m_(l-1) g(b_(l-1)), so
+z^l has unit variance at initialisation on any unit-norm input (tested on the training data),
+and b_l = sqrt(0.4 ln m_l) gives every layer the paper's firing rate m_l^(-1/5).
+
+The engine (``DeepEngine``): layer 1's firing pairs come from one of corrtree's engines over
+the data (its index maintained as W_1 moves); every later layer's input is sparse and
+non-negative, so its pre-activations are computed from the nonzeros only (m_l x nnz(h^(l-1))
+per point, W_l stored input-major so that each input's weights are one contiguous row), and
+back-propagation runs over firing units only: delta^(l-1) is needed only where layer l-1
+fired, and each W_l's gradient is a sum of outer products of two sparse vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ._kernels import deep as K
+from ._kernels import sparse as S
+from ._validation import as_float_array, as_positive_int, as_scalar
+from .engines.base import PHASES, StepInfo
+from .model import _as_dtype, default_threshold, init_weights
+
+__all__ = ["DeepEngine", "ShiftedReLUMLP", "layer_scale", "reference_step"]
+
+
+def relu_second_moment(b: float) -> float:
+    """g(b) = E[max(z - b, 0)^2] for z ~ N(0, 1)."""
+    Q = 0.5 * math.erfc(b / math.sqrt(2.0))
+    phi = math.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
+    return (1.0 + b * b) * Q - b * phi
+
+
+def layer_scale(m_prev: int, b_prev: float) -> float:
+    """Standard deviation of layer l's weights (l >= 2): 1 / sqrt(m_(l-1) g(b_(l-1))).
+    g is floored at 1e-8 (b >= 5.3, where the layer below almost never fires), which keeps
+    the weights finite; the paper's thresholds are far below (b < 2.7 for m <= 2^26)."""
+    return 1.0 / math.sqrt(m_prev * max(relu_second_moment(b_prev), 1e-8))
+
+
+class ShiftedReLUMLP:
+    """A deep shifted-ReLU network (see the module docstring).
+
+    Parameters
+    ----------
+    d : input dimension.
+    widths : (m_1, ..., m_L), the hidden layers' widths.
+    thresholds : (b_1, ..., b_L); None: b_l = sqrt(0.4 ln m_l) for every layer.
+    seed : layer 1 and, for L = 1, A exactly as ``ShiftedReLUNet(d, m_1, seed=seed)``; layer
+        l >= 2 from ``init_weights`` seeded (seed, l).
+    dtype : float32 or float64.
+    n_outputs : C outputs.
+
+    ``W1`` is (m_1, d) as in ``ShiftedReLUNet``; layer l >= 2 is stored input-major as
+    ``Wt[l]`` = W_l^T, (m_(l-1), m_l); ``weights(l)`` returns W_l as the math writes it.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        widths,
+        n_outputs: int = 1,
+        thresholds=None,
+        seed: int = 0,
+        dtype=np.float64,
+    ):
+        d = as_positive_int(d, "d")
+        widths = _as_widths(widths)
+        n_outputs = as_positive_int(n_outputs, "n_outputs")
+        dtype = _as_dtype(dtype)
+        L = len(widths)
+        W1, A = init_weights(d, (0, widths[0]), n_outputs=n_outputs, seed=seed, dtype=dtype)
+        Wt = {}
+        b = _as_thresholds(thresholds, widths)
+        for l in range(2, L + 1):
+            # W_l^T's rows are drawn as rows (input-major): iid entries, no transpose needed.
+            T, A_l = init_weights(
+                widths[l - 1],
+                (0, widths[l - 2]),
+                n_outputs=n_outputs,
+                seed=(seed, l),
+                dtype=np.float64,
+            )
+            T *= layer_scale(widths[l - 2], b[l - 2])
+            Wt[l] = T.astype(dtype)
+            if l == L:
+                _, A = init_weights(
+                    widths[l - 2],
+                    (0, widths[l - 1]),
+                    n_outputs=n_outputs,
+                    seed=(seed, l, 1),
+                    dtype=dtype,
+                )
+        self._set(W1, Wt, A, b)
+        self.seed = seed
+
+    def _set(self, W1, Wt, A, thresholds) -> None:
+        self.W1, self.Wt, self.A = W1, dict(Wt), A
+        self.d = W1.shape[1]
+        self.widths = (W1.shape[0],) + tuple(Wt[l].shape[1] for l in sorted(Wt))
+        self.depth = len(self.widths)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.n_outputs = A.shape[1]
+        self.dtype = W1.dtype
+        self.scale = 1.0 / math.sqrt(self.widths[-1])
+        for l in sorted(Wt):
+            want = (self.widths[l - 2], self.widths[l - 1])
+            if Wt[l].shape != want or Wt[l].dtype != self.dtype:
+                raise ValueError(f"layer {l} has shape {Wt[l].shape}, expected {want}")
+        if A.shape[0] != self.widths[-1]:
+            raise ValueError(f"A has {A.shape[0]} rows but the last layer {self.widths[-1]}")
+
+    @classmethod
+    def from_weights(cls, weights, A, thresholds=None) -> ShiftedReLUMLP:
+        """A network over existing weights: ``weights`` = [W_1 (m_1, d), W_2 (m_2, m_1), ...]
+        as the math writes them; A (m_L, C) or (m_L,)."""
+        W = [as_float_array(w, f"W_{l + 1}", 2) for l, w in enumerate(weights)]
+        if not W:
+            raise ValueError("weights must hold at least one layer")
+        dtype = W[0].dtype
+        for l in range(1, len(W)):
+            if W[l].shape[1] != W[l - 1].shape[0]:
+                raise ValueError(
+                    f"W_{l + 1} has {W[l].shape[1]} columns but layer {l} has "
+                    f"{W[l - 1].shape[0]} units"
+                )
+        A = as_float_array(A, "A", np.ndim(A) if np.ndim(A) in (1, 2) else 2, dtype=dtype)
+        A = np.array(A[:, None] if A.ndim == 1 else A, order="C")
+        widths = tuple(w.shape[0] for w in W)
+        net = cls.__new__(cls)
+        Wt = {l + 1: np.ascontiguousarray(W[l].T, dtype=dtype) for l in range(1, len(W))}
+        net._set(np.array(W[0], dtype=dtype, order="C"), Wt, A, _as_thresholds(thresholds, widths))
+        net.seed = None
+        return net
+
+    # --- the weights ------------------------------------------------------------------------
+    def weights(self, l: int) -> np.ndarray:
+        """W_l (m_l, m_(l-1)) as the math writes it (a view of the stored layer)."""
+        if not 1 <= l <= self.depth:
+            raise IndexError(f"layer {l} out of range 1..{self.depth}")
+        return self.W1 if l == 1 else self.Wt[l].T
+
+    @property
+    def width(self) -> int:
+        """Units over all hidden layers."""
+        return int(sum(self.widths))
+
+    def validate(self) -> None:
+        for name, arr in (
+            ("W1", self.W1),
+            ("A", self.A),
+            *((f"Wt[{l}]", self.Wt[l]) for l in self.Wt),
+        ):
+            if arr.dtype != self.dtype or not (arr.flags.c_contiguous and arr.flags.writeable):
+                raise ValueError(f"{name} must be a C-contiguous, writable {self.dtype} array")
+            as_float_array(arr, name, 2)
+
+    def check_X(self, X) -> np.ndarray:
+        X = as_float_array(X, "X", 2, dtype=self.dtype)
+        if X.shape[1] != self.d:
+            raise ValueError(
+                f"X has {X.shape[1]} features but the network was built for d={self.d}"
+            )
+        return X
+
+    def check_y(self, y, n: int) -> np.ndarray:
+        ndim = np.ndim(y)
+        y = as_float_array(y, "y", ndim if ndim in (1, 2) else 1, dtype=self.dtype)
+        y = y[:, None] if y.ndim == 1 else y
+        if y.shape != (n, self.n_outputs):
+            raise ValueError(
+                f"y has shape {y.shape} but expected ({n},) or ({n}, {self.n_outputs})"
+            )
+        return y
+
+    # --- outputs ----------------------------------------------------------------------------
+    def activations(self, X: np.ndarray) -> list[np.ndarray]:
+        """[h^1, ..., h^L] of already-checked inputs, dense."""
+        hs, h = [], X
+        for l in range(1, self.depth + 1):
+            z = h @ self.weights(l).T
+            h = np.maximum(z - self.dtype.type(self.thresholds[l - 1]), 0)
+            hs.append(h)
+        return hs
+
+    def outputs(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        for lo in range(0, X.shape[0], chunk):
+            h = self.activations(X[lo : lo + chunk])[-1]
+            out[lo : lo + chunk] = (h @ self.A) * self.dtype.type(self.scale)
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        out = self.outputs(self.check_X(X))
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def loss(self, X, y) -> float:
+        X = self.check_X(X)
+        e = (self.outputs(X) - self.check_y(y, X.shape[0])).astype(np.float64)
+        return 0.5 * float(np.sum(e * e))
+
+    def firing_counts(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Units firing on each point, over all layers."""
+        out = np.zeros(X.shape[0], dtype=np.int64)
+        for lo in range(0, X.shape[0], chunk):
+            for h in self.activations(X[lo : lo + chunk]):
+                out[lo : lo + chunk] += (h > 0).sum(axis=1)
+        return out
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {"W": self.W1, "a": self.A, "thresholds": np.array(self.thresholds)}
+        state["threshold"] = np.array(self.thresholds[0])
+        state["widths"] = np.array(self.widths)
+        for l, T in self.Wt.items():
+            state[f"W{l}t"] = T
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, seed=None) -> ShiftedReLUMLP:
+        widths = [int(w) for w in np.atleast_1d(state["widths"])]
+        W1 = np.array(state["W"], order="C")
+        Wt = {}
+        for l in range(2, len(widths) + 1):
+            if f"W{l}t" not in state:
+                raise ValueError(f"the state lacks layer {l} (W{l}t)")
+            Wt[l] = np.array(state[f"W{l}t"], dtype=W1.dtype, order="C")
+        A = np.array(state["a"], dtype=W1.dtype, order="C").reshape(widths[-1], -1)
+        net = cls.__new__(cls)
+        net._set(W1, Wt, A, np.atleast_1d(state["thresholds"]))
+        net.seed = seed
+        return net
+
+    def __repr__(self) -> str:
+        return (
+            f"ShiftedReLUMLP(d={self.d}, widths={self.widths}, n_outputs={self.n_outputs}, "
+            f"thresholds=({', '.join(f'{b:.4g}' for b in self.thresholds)}), dtype={self.dtype})"
+        )
+
+
+def _as_widths(widths) -> tuple[int, ...]:
+    if isinstance(widths, int | np.integer):
+        widths = (widths,)
+    widths = tuple(as_positive_int(w, "width") for w in widths)
+    if not widths:
+        raise ValueError("widths must name at least one hidden layer")
+    return widths
+
+
+def _as_thresholds(thresholds, widths) -> tuple[float, ...]:
+    if thresholds is None:
+        return tuple(default_threshold(m) for m in widths)
+    if isinstance(thresholds, int | float | np.floating | np.integer):
+        thresholds = (thresholds,) * len(widths)
+    out = tuple(as_scalar(t, "threshold") for t in np.atleast_1d(thresholds))
+    if len(out) != len(widths):
+        raise ValueError(f"{len(out)} thresholds for {len(widths)} layers")
+    if any(t < 0 for t in out):
+        raise ValueError(f"thresholds must be >= 0, got {out}")
+    return out
+
+
+def reference_step(net: ShiftedReLUMLP, X, Y, lr: float, rows=None) -> float:
+    """One dense gradient step in float64 arithmetic (the oracle): every unit of every
+    layer, no sparsity. Returns the loss before the step."""
+    Xb = np.asarray(X if rows is None else X[rows], dtype=np.float64)
+    Yb = np.asarray(Y if rows is None else Y[rows], dtype=np.float64).reshape(Xb.shape[0], -1)
+    Ws = [net.weights(l).astype(np.float64) for l in range(1, net.depth + 1)]
+    hs, zs = [Xb], []
+    for l, W in enumerate(Ws):
+        z = hs[-1] @ W.T
+        zs.append(z)
+        hs.append(np.maximum(z - net.thresholds[l], 0))
+    A = net.A.astype(np.float64)
+    E = net.scale * hs[-1] @ A - Yb
+    loss = 0.5 * float(np.sum(E * E))
+    delta = (E @ A.T) * net.scale * (zs[-1] > net.thresholds[-1])
+    grads = [None] * net.depth
+    for l in range(net.depth - 1, -1, -1):
+        grads[l] = delta.T @ hs[l]
+        if l:
+            delta = (delta @ Ws[l]) * (zs[l - 1] > net.thresholds[l - 1])
+    for l in range(net.depth):
+        Ws[l] -= lr * grads[l]
+    net.W1[...] = Ws[0]
+    for l in range(2, net.depth + 1):
+        net.Wt[l][...] = Ws[l - 1].T
+    return loss
+
+
+# Layer-1 engines whose index follows weights written from outside (maintain(moved) reads
+# the current rows): the deep engine writes W_1 itself.
+LAYER1_ENGINES = ("dense", "dtree", "wtree", "halfspace")
+
+
+class DeepEngine:  # the training loop's stepper for deep networks
+    """Exact sparse training of a ``ShiftedReLUMLP`` (see the module docstring).
+
+    ``layer1``: the engine that finds layer 1's firing pairs ("auto": dense, one BLAS
+    product, which beats any index while the later layers dominate the cost; or dtree,
+    wtree, halfspace).
+    """
+
+    def __init__(
+        self,
+        net: ShiftedReLUMLP,
+        X: np.ndarray,
+        layer1="auto",
+        options=None,
+        *,
+        max_memory: int | None = None,
+    ):
+        from .engines import engine_class
+        from .model import ShiftedReLUNet
+
+        name = "dense" if layer1 == "auto" else layer1
+        cls = engine_class(name, X.shape[0], net.widths[0])
+        if cls.name not in LAYER1_ENGINES:
+            raise ValueError(
+                f"engine {cls.name!r} cannot find a deep network's first-layer pairs; choose "
+                f"one of {', '.join(LAYER1_ENGINES)} or auto"
+            )
+        self.net, self.X, self.name = net, X, f"deep[{cls.name}]"
+        # Layer 1 as a two-layer network: its own rows of W_1 and, as second layer, what the
+        # engine never uses for the deep network's arithmetic (only its firing pairs).
+        first = ShiftedReLUNet.from_weights(
+            net.W1,
+            net.A if net.depth == 1 else np.zeros((net.widths[0], 1), net.dtype),
+            net.thresholds[0],
+            scale=net.scale,
+        )
+        self.first = cls(first, X, options, max_memory=max_memory)
+        # forward multiply-adds done, and the floor: firing units times their input's
+        # nonzeros (d for layer 1), summed over points and layers
+        self.counters = {"steps": 0, "pairs": 0, "forward_madds": 0, "floor_madds": 0}
+
+    def _layer1_pairs(self, firing):
+        """Neuron-major (col_ptr, batch rows, z values) of layer 1's firing pairs."""
+        if hasattr(firing, "ptr"):  # point-major pairs of the sparse engines
+            return S.transpose(firing.ptr, firing.idx, firing.val, self.net.widths[0])
+        H = firing.H
+        if H is None:  # the dense engine's blocked mode: compute again
+            Xb = self.X if firing.rows.size == self.X.shape[0] else self.X[firing.rows]
+            H = np.maximum(Xb @ self.net.W1.T - self.net.dtype.type(self.net.thresholds[0]), 0)
+        ptr, idx, val = K.above(H, 0.0)
+        val += self.net.dtype.type(self.net.thresholds[0])
+        return S.transpose(ptr, idx, val, self.net.widths[0])
+
+    def step(self, Y: np.ndarray, lr: float, rows=None) -> StepInfo:
+        net, dt = self.net, self.net.dtype
+        L, b = net.depth, [dt.type(t) for t in net.thresholds]
+        lr_t = dt.type(lr)
+        rows_ = np.arange(self.X.shape[0]) if rows is None else rows
+        B = rows_.size
+        seconds = dict.fromkeys(PHASES, 0.0)
+        t0 = time.perf_counter()
+        checked = self.first.counters["inner_products"]
+        firing = self.first.detect(rows)
+        if self.first.name == "dense":  # it counts its products in backward
+            self.counters["forward_madds"] += B * net.widths[0] * net.d
+        else:
+            self.counters["forward_madds"] += (
+                self.first.counters["inner_products"] - checked
+            ) * net.d
+        pairs = [self._layer1_pairs(firing)]  # per layer: neuron-major (col_ptr, rows, z)
+        t1 = time.perf_counter()
+        for l in range(2, L + 1):
+            col_ptr, prow, z = pairs[-1]
+            Z = np.empty((B, net.widths[l - 1]), dtype=dt)
+            K.spmm(col_ptr, prow, z, b[l - 2], net.Wt[l], Z)
+            self.counters["forward_madds"] += prow.size * net.widths[l - 1]
+            ptr, idx, val = K.above(Z, b[l - 1])
+            pairs.append(S.transpose(ptr, idx, val, net.widths[l - 1]))
+        col_ptr, prow, z = pairs[-1]
+        F = np.empty((B, net.n_outputs), dtype=dt)
+        pptr, pidx, pval = S.transpose(col_ptr, prow, z, B)
+        S.forward(pptr, pidx, pval, net.A, b[L - 1], dt.type(net.scale), F)
+        Yb = Y if rows is None else Y[rows]
+        E = F - Yb
+        e64 = E.ravel().astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = 0.5 * float(np.dot(e64, e64))
+        t2 = time.perf_counter()
+        # delta of the last layer at its firing pairs, then down, over firing units only
+        coef = np.empty(prow.size, dtype=dt)
+        S.neuron_coefficients(col_ptr, prow, net.A, E, dt.type(net.scale), coef)
+        for l in range(L, 1, -1):
+            up_ptr, up_rows, _ = pairs[l - 1]
+            dptr, didx, dval = S.transpose(up_ptr, up_rows, coef, B)  # point-major delta^l
+            lo_ptr, lo_rows, lo_z = pairs[l - 2]
+            coef = np.empty(lo_rows.size, dtype=dt)
+            K.coefficients(lo_ptr, lo_rows, net.Wt[l], dptr, didx, dval, coef)
+            K.outer_update(lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t)
+        col_ptr, prow, _ = pairs[0]
+        Xb = self.X if rows is None else self.X[rows]
+        K.rows_gradient_step(col_ptr, prow, coef, Xb, net.W1, lr_t)
+        moved = np.flatnonzero(np.diff(col_ptr))
+        t3 = time.perf_counter()
+        self.first.maintain(moved)
+        t4 = time.perf_counter()
+        for p, dt_ in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            seconds[p] = dt_
+        counts = [np.bincount(p[1], minlength=B) for p in pairs]
+        self.counters["floor_madds"] += int(counts[0].sum()) * net.d + sum(
+            int(counts[l] @ counts[l - 1]) for l in range(1, L)
+        )
+        n_pairs = sum(int(p[1].size) for p in pairs)
+        self.counters["steps"] += 1
+        self.counters["pairs"] += n_pairs
+        return StepInfo(loss, n_pairs, int(moved.size), seconds, F, rows)
+
+    def stats(self) -> dict:
+        return {**self.first.stats(), **self.counters}
+
+    def finite(self) -> bool:
+        net = self.net
+        return all(np.isfinite(np.sum(w, dtype=np.float64)) for w in (net.W1, *net.Wt.values()))
