@@ -86,24 +86,16 @@ class ShiftedReLUMLP:
         Wt = {}
         b = _as_thresholds(thresholds, widths)
         for l in range(2, L + 1):
-            # W_l^T's rows are drawn as rows (input-major): iid entries, no transpose needed.
-            T, A_l = init_weights(
-                widths[l - 1],
-                (0, widths[l - 2]),
-                n_outputs=n_outputs,
-                seed=(seed, l),
-                dtype=np.float64,
+            # W_l^T's rows are drawn as rows (input-major): iid entries, no transpose needed;
+            # drawn in float64 blocks, cast, then scaled in the network's dtype (no float64
+            # copy of the whole layer).
+            T, _ = init_weights(widths[l - 1], (0, widths[l - 2]), seed=(seed, l), dtype=dtype)
+            T *= dtype.type(layer_scale(widths[l - 2], b[l - 2]))
+            Wt[l] = T
+        if L > 1:  # the output signs of the last layer (they do not depend on d)
+            _, A = init_weights(
+                1, (0, widths[-1]), n_outputs=n_outputs, seed=(seed, L, 1), dtype=dtype
             )
-            T *= layer_scale(widths[l - 2], b[l - 2])
-            Wt[l] = T.astype(dtype)
-            if l == L:
-                _, A = init_weights(
-                    widths[l - 2],
-                    (0, widths[l - 1]),
-                    n_outputs=n_outputs,
-                    seed=(seed, l, 1),
-                    dtype=dtype,
-                )
         self._set(W1, Wt, A, b)
         self.seed = seed
 
