@@ -192,7 +192,54 @@ def epochs(r, out, name):
     return [save(fig, os.path.join(out, f"{name}.png"))]
 
 
+def deep(r, out, name):
+    """End-to-end seconds of each method per widths (PyTorch extrapolated from its sample)."""
+    from matplotlib.ticker import NullFormatter
+
+    from corrtree.plots import save
+
+    fig, ax = _fig()
+    labels, secs, colors = [], [], []
+    for run in r["runs"]:
+        w = "(" + ", ".join(f"2^{int(np.log2(x))}" for x in run["widths"]) + ")"
+        for key, label, color in (
+            ("corrtree", "corrtree", "tab:blue"),
+            ("torch_sparse", "PyTorch sparse*", "tab:orange"),
+            ("torch_dense", "PyTorch dense*", "tab:red"),
+        ):
+            labels.append(f"{w} {label}")
+            secs.append(run[key]["total_seconds"])
+            colors.append(color)
+    ax.barh(labels, secs, color=colors)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("seconds end to end (log); * extrapolated from sampled steps")
+    epochs_ = r["runs"][0]["epochs"]
+    ax.set_title(f"deep networks, SGD batch 256, {epochs_} epochs of Fashion-MNIST", fontsize=9)
+    ax.invert_yaxis()
+    return [save(fig, os.path.join(out, f"{name}.png"))]
+
+
+def distributed(r, out, name):
+    """Mean step of one process and of k workers, per configuration."""
+    from corrtree.plots import save
+
+    fig, ax = _fig()
+    for c in r["configs"]:
+        rows = c["rows"]
+        ks = [row["workers"] for row in rows]
+        ax.plot(ks, [row["mean_step_seconds"] for row in rows], "o-", label=c["name"])
+    ax.set_yscale("log")
+    ax.set_xticks([0, 1, 2, 4], ["one process", "1", "2", "4"])
+    ax.set_xlabel("workers (sharing 2 cores)")
+    ax.set_ylabel("mean seconds per step (log)")
+    ax.set_title("neurons sharded over Ray workers, one machine", fontsize=9)
+    ax.legend(fontsize=7)
+    return [save(fig, os.path.join(out, f"{name}.png"))]
+
+
 PLOTS = {"sparsity": sparsity, "preprocessing": preprocessing, "periter": periter, "dims": dims}
+NAMED = {"deep": deep, "distributed": distributed}  # drawn under the result file's name
 
 
 def main(argv=None):
@@ -215,6 +262,8 @@ def main(argv=None):
             written += side_by_side(r, args.out_dir, stem)
         elif name == "epochs":
             written += epochs(r, args.out_dir, stem)
+        elif name in NAMED:
+            written += NAMED[name](r, args.out_dir, stem)
         elif name == "ab_revision":
             continue
         else:
