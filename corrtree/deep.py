@@ -32,7 +32,7 @@ from ._kernels import deep as K
 from ._kernels import sparse as S
 from ._validation import as_float_array, as_positive_int, as_scalar
 from .engines.base import PHASES, StepInfo
-from .model import _as_dtype, default_threshold, init_weights
+from .model import ShiftedReLUNet, _as_dtype, default_threshold, init_weights
 
 __all__ = ["DeepEngine", "ShiftedReLUMLP", "layer_scale", "reference_step"]
 
@@ -160,23 +160,12 @@ class ShiftedReLUMLP:
                 raise ValueError(f"{name} must be a C-contiguous, writable {self.dtype} array")
             as_float_array(arr, name, 2)
 
-    def check_X(self, X) -> np.ndarray:
-        X = as_float_array(X, "X", 2, dtype=self.dtype)
-        if X.shape[1] != self.d:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the network was built for d={self.d}"
-            )
-        return X
-
-    def check_y(self, y, n: int) -> np.ndarray:
-        ndim = np.ndim(y)
-        y = as_float_array(y, "y", ndim if ndim in (1, 2) else 1, dtype=self.dtype)
-        y = y[:, None] if y.ndim == 1 else y
-        if y.shape != (n, self.n_outputs):
-            raise ValueError(
-                f"y has shape {y.shape} but expected ({n},) or ({n}, {self.n_outputs})"
-            )
-        return y
+    # the same checks, predict and loss as the two-layer network (they read d, dtype,
+    # n_outputs and outputs)
+    check_X = ShiftedReLUNet.check_X
+    check_y = ShiftedReLUNet.check_y
+    predict = ShiftedReLUNet.predict
+    loss = ShiftedReLUNet.loss
 
     # --- outputs ----------------------------------------------------------------------------
     def activations(self, X: np.ndarray) -> list[np.ndarray]:
@@ -194,15 +183,6 @@ class ShiftedReLUMLP:
             h = self.activations(X[lo : lo + chunk])[-1]
             out[lo : lo + chunk] = (h @ self.A) * self.dtype.type(self.scale)
         return out
-
-    def predict(self, X) -> np.ndarray:
-        out = self.outputs(self.check_X(X))
-        return out[:, 0] if self.n_outputs == 1 else out
-
-    def loss(self, X, y) -> float:
-        X = self.check_X(X)
-        e = (self.outputs(X) - self.check_y(y, X.shape[0])).astype(np.float64)
-        return 0.5 * float(np.sum(e * e))
 
     def firing_counts(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Units firing on each point, over all layers."""
@@ -316,7 +296,6 @@ class DeepEngine:  # the training loop's stepper for deep networks
         max_memory: int | None = None,
     ):
         from .engines import engine_class
-        from .model import ShiftedReLUNet
 
         name = "dense" if layer1 == "auto" else layer1
         cls = engine_class(name, X.shape[0], net.widths[0])

@@ -423,6 +423,8 @@ class ShardedNet:
     # --- the network's interface --------------------------------------------------------
     check_X = ShiftedReLUNet.check_X
     check_y = ShiftedReLUNet.check_y
+    predict = ShiftedReLUNet.predict
+    loss = ShiftedReLUNet.loss
 
     def validate(self) -> None:
         if not self.actors:
@@ -438,15 +440,6 @@ class ShardedNet:
         for p in parts[1:]:
             out += p
         return out
-
-    def predict(self, X) -> np.ndarray:
-        out = self.outputs(self.check_X(X))
-        return out[:, 0] if self.n_outputs == 1 else out
-
-    def loss(self, X, y) -> float:
-        X = self.check_X(X)
-        e = (self.outputs(X) - self.check_y(y, X.shape[0])).astype(np.float64)
-        return 0.5 * float(np.sum(e * e))
 
     def firing_counts(self, X: np.ndarray) -> np.ndarray:
         ref = _ray().put(np.ascontiguousarray(X))

@@ -131,10 +131,10 @@ class ShardedModel:
             W, A = _load_shard(self.folder, s, self.dtype)
             yield ShiftedReLUNet.from_weights(W, A, self.threshold, scale=self.scale)
 
-    def check_X(self, X) -> np.ndarray:
-        return ShiftedReLUNet.from_weights(
-            np.zeros((1, self.d), self.dtype), np.zeros((1, self.n_outputs), self.dtype)
-        ).check_X(X)
+    check_X = ShiftedReLUNet.check_X
+    check_y = ShiftedReLUNet.check_y
+    predict = ShiftedReLUNet.predict
+    loss = ShiftedReLUNet.loss
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         X = self.check_X(X)
@@ -142,16 +142,6 @@ class ShardedModel:
         for net in self._nets():  # fixed order: the shards' order
             out += net.outputs(X)
         return out
-
-    def predict(self, X) -> np.ndarray:
-        out = self.outputs(X)
-        return out[:, 0] if self.n_outputs == 1 else out
-
-    def loss(self, X, y) -> float:
-        out = self.outputs(X)
-        y = np.asarray(y, dtype=self.dtype).reshape(out.shape[0], -1)
-        e = (out - y).astype(np.float64)
-        return 0.5 * float(np.sum(e * e))
 
     def firing_counts(self, X: np.ndarray) -> np.ndarray:
         from .run import firing_counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -223,76 +224,42 @@ def train(
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step must be in [0, steps={steps}], got {start_step}")
     from .deep import DeepEngine, ShiftedReLUMLP
+    from .distributed import ShardedNet
 
-    if isinstance(net, ShiftedReLUMLP):
-        if workers is not None or cluster is not None:
-            raise ValueError(
-                "workers shard a two-layer network; a ShiftedReLUMLP trains in one process"
-            )
-        with thread_limit(threads), np.errstate(over="ignore", invalid="ignore"):
-            t0 = time.perf_counter()
-            deep = DeepEngine(net, X, engine, engine_options, max_memory=max_memory)
-            preprocess = time.perf_counter() - t0
-            stepper = _DeepStepper(deep, Y, lr)
-            return _loop(
-                stepper,
-                net,
-                deep.name,
-                preprocess,
-                n,
-                steps,
-                batch_size,
-                seed,
-                callback,
-                progress,
-                start_step,
-            )
-    sharded = _is_sharded(net)
-    if workers is not None or cluster is not None or sharded:
-        return _train_distributed(
-            net,
-            X,
-            Y,
-            lr,
-            steps,
-            engine,
-            engine_options,
-            batch_size,
-            seed,
-            threads,
-            callback,
-            progress,
-            max_memory,
-            start_step,
-            workers,
-            cluster,
+    deep = isinstance(net, ShiftedReLUMLP)
+    distributed = workers is not None or cluster is not None or isinstance(net, ShardedNet)
+    if deep and distributed:
+        raise ValueError(
+            "workers shard a two-layer network; a ShiftedReLUMLP trains in one process"
         )
-    cls = engine_class(engine, n, net.width)
-    options = cls.make_options(engine_options)
+    loop = functools.partial(
+        _loop,
+        n=n,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        callback=callback,
+        progress=progress,
+        start_step=start_step,
+    )
+    if distributed:
+        return _train_distributed(
+            net, X, Y, lr, engine, engine_options, threads, max_memory, workers, cluster, loop
+        )
     with thread_limit(threads), np.errstate(over="ignore", invalid="ignore"):
         t0 = time.perf_counter()
-        stepper = _LocalStepper(cls(net, X, options, max_memory=max_memory), Y, lr)
+        if deep:
+            stepper = _DeepStepper(
+                DeepEngine(net, X, engine, engine_options, max_memory=max_memory), Y, lr
+            )
+            name = stepper.engine.name
+        else:
+            cls = engine_class(engine, n, net.width)
+            options = cls.make_options(engine_options)
+            stepper = _LocalStepper(cls(net, X, options, max_memory=max_memory), Y, lr)
+            name = cls.name
         preprocess = time.perf_counter() - t0
-        return _loop(
-            stepper,
-            net,
-            cls.name,
-            preprocess,
-            n,
-            steps,
-            batch_size,
-            seed,
-            callback,
-            progress,
-            start_step,
-        )
-
-
-def _is_sharded(net) -> bool:
-    from sys import modules
-
-    mod = modules.get("corrtree.distributed")
-    return mod is not None and isinstance(net, mod.ShardedNet)
+        return loop(stepper, net, name, preprocess)
 
 
 class _LocalStepper:
@@ -311,11 +278,8 @@ class _LocalStepper:
         return self.engine.stats()
 
 
-class _DeepStepper:
+class _DeepStepper(_LocalStepper):
     """A deep network: ``DeepEngine.step``."""
-
-    def __init__(self, engine, Y: np.ndarray, lr: float):
-        self.engine, self.Y, self.lr = engine, Y, lr
 
     def step(self, t, rows, next_rows, has_next) -> StepInfo:
         return self.engine.step(self.Y, self.lr, rows)
@@ -323,27 +287,9 @@ class _DeepStepper:
     def finite(self) -> bool:
         return self.engine.finite()
 
-    def stats(self) -> dict:
-        return self.engine.stats()
-
 
 def _train_distributed(
-    net,
-    X,
-    Y,
-    lr,
-    steps,
-    engine,
-    engine_options,
-    batch_size,
-    seed,
-    threads,
-    callback,
-    progress,
-    max_memory,
-    start_step,
-    workers,
-    cluster,
+    net, X, Y, lr, engine, engine_options, threads, max_memory, workers, cluster, loop
 ) -> History:
     from .distributed import DistributedStepper, ShardedNet
 
@@ -361,19 +307,7 @@ def _train_distributed(
         options = cls.make_options(engine_options)
         with np.errstate(over="ignore", invalid="ignore"):
             stepper = DistributedStepper(snet, X, Y, engine, options, lr, threads, max_memory)
-            hist = _loop(
-                stepper,
-                snet,
-                stepper.engine,
-                stepper.preprocess_seconds,
-                X.shape[0],
-                steps,
-                batch_size,
-                seed,
-                callback,
-                progress,
-                start_step,
-            )
+            hist = loop(stepper, snet, stepper.engine, stepper.preprocess_seconds)
         if owned:  # the caller's network gets the trained weights, in place
             net.W[...] = snet.gather().W
         return hist
@@ -383,7 +317,7 @@ def _train_distributed(
 
 
 def _loop(
-    stepper, net, name, preprocess, n, steps, batch_size, seed, callback, progress, start_step
+    stepper, net, name, preprocess, *, n, steps, batch_size, seed, callback, progress, start_step
 ) -> History:
     hist = History(engine=name, batch_size=batch_size, preprocess_seconds=preprocess)
     batches = batch_schedule(n, batch_size, steps, seed, start_step)
