@@ -194,15 +194,27 @@ def test_train_errors(rng):
         ct.train(net, X, y, steps=1, lr=0.1, engine="dtree", max_memory=100)
 
 
-@pytest.mark.parametrize("rebuild_after,counter", [(0.0, "rebuilds"), (1e9, "hot_checks")])
-def test_certified_engine_hot_neurons_and_rebuilds(rebuild_after, counter, rng):
-    """A tiny slack forces neurons hot (checked densely) or full rebuilds; exact either way."""
+@pytest.mark.parametrize(
+    "rereference,rebuild_after,counter",
+    [("rebuild", 0.0, "rebuilds"), ("neuron", 0.5, "rereferenced"), ("neuron", 1e9, "hot_checks")],
+)
+def test_certified_engine_hot_neurons_and_rebuilds(rereference, rebuild_after, counter, rng):
+    """A tiny slack forces neurons hot (checked densely), then re-referenced one by one or
+    all rebuilt; exact either way."""
     X = unit_rows(rng, 40, 5)
     y = 3 * rng.standard_normal(40)
     _, h_ref, w_ref = run("dense", X, y, width=300, steps=8, lr=2.0)
     net = ct.ShiftedReLUNet(5, 300, seed=3)
     weights = []
-    eng = Stepper("certified", net, X, y[:, None], slack=0.01, rebuild_after=rebuild_after)
+    eng = Stepper(
+        "certified",
+        net,
+        X,
+        y[:, None],
+        slack=0.01,
+        rebuild_after=rebuild_after,
+        rereference=rereference,
+    )
     for _ in range(8):
         eng.step(2.0)
         weights.append(net.W.copy())
@@ -266,22 +278,25 @@ def test_dense_blocks_are_invisible(rng):
         np.testing.assert_allclose(nets[0].W, nets[1].W, rtol=1e-12, atol=1e-14)
 
 
-def test_certified_full_and_minibatch_steps_mixed(rng):
+@pytest.mark.parametrize("rebuild_after,counter", [(1e9, "hot_neurons"), (0.3, "rereferenced")])
+def test_certified_full_and_minibatch_steps_mixed(rebuild_after, counter, rng):
     """Full-batch steps read the neuron-major copy of the index, mini-batch steps the
-    point-major one; drift accumulated in either kind of step must carry over to the other.
-    The trajectory is dense's throughout."""
+    point-major one; drift accumulated in either kind of step must carry over to the other,
+    with hot neurons kept hot or re-referenced one by one. The trajectory is dense's
+    throughout."""
     X = unit_rows(rng, 40, 5)
     y = 3 * rng.standard_normal(40)
     plan = [None, None, np.arange(8), None, np.arange(8, 20), np.arange(20, 40), None, None]
     ref = ct.ShiftedReLUNet(5, 300, seed=3)
     dense = Stepper("dense", ref, X, y[:, None])
     net = ct.ShiftedReLUNet(5, 300, seed=3)
-    eng = Stepper("certified", net, X, y[:, None], slack=0.05)
+    eng = Stepper("certified", net, X, y[:, None], slack=0.05, rebuild_after=rebuild_after)
     for t, rows in enumerate(plan):
         a, b = eng.step(0.8, rows), dense.step(0.8, rows)
         assert a.fired_pairs == b.fired_pairs, f"step {t}"
         np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
-    assert eng.stats()["hot_neurons"] > eng.stats()["dense_neurons"]
+    assert eng.stats()[counter] > eng.stats()["dense_neurons"]
+    assert eng.stats()["rebuilds"] == 1
     np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
 
 
@@ -332,3 +347,31 @@ def test_certified_scratch_stays_bounded_over_many_epochs(rng):
             sizes.append(sum(a.nbytes for a in eng._scratch.values()))
     assert eng.hot_ids.size > 0
     assert sizes[1] <= 1.5 * sizes[0], sizes
+
+
+def test_certified_rereferenced_index_is_complete(rng):
+    """After neurons are re-referenced one group at a time, the index is what a rebuild at
+    each neuron's own reference would hold: every pair of a neuron that is not hot whose
+    reference correlation (float64) clears b - slack with room for rounding is stored, with
+    that correlation, and no stored pair belongs to an older reference."""
+    X = unit_rows(rng, 60, 6)
+    y = 3 * rng.standard_normal((60, 1))
+    ref = ct.ShiftedReLUNet(6, 400, seed=5)
+    net = ct.ShiftedReLUNet(6, 400, seed=5)
+    dense = Stepper("dense", ref, X, y)
+    eng = Stepper("certified", net, X, y, slack=0.05, rebuild_after=0.2)
+    for rows in batch_schedule(60, 10, 30, seed=1):
+        assert eng.step(1.0, rows).fired_pairs == dense.step(1.0, rows).fired_pairs
+    np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12)
+    assert eng.stats()["rereferenced"] > 0 and eng.stats()["rebuilds"] == 1
+    e = eng.engine
+    Z = X @ e.W_ref.T  # float64 reference correlations of every pair
+    ptr, ids, val = e.index
+    point = np.repeat(np.arange(60), np.diff(ptr))
+    cool = ~e.hot[ids]
+    np.testing.assert_allclose(val[cool], Z[point[cool], ids[cool]], atol=1e-12)
+    stored = np.zeros_like(Z, dtype=bool)
+    stored[point, ids] = True
+    must = (Z > e.b - e.slack + 1e-9) & ~e.hot[None, :]
+    assert must.any() and not (must & ~stored).any()
+    assert len(set(zip(point.tolist(), ids.tolist(), strict=True))) == ids.size  # no pair twice

@@ -148,6 +148,44 @@ def extract_candidates(Z, b_low):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def merge_index(index, drop, group, take):
+    """Point-major ``index`` with the pairs of neurons r where ``drop[r]`` removed and the
+    pairs of point-major ``group`` (same points, global neuron ids) where ``take[r]`` added
+    after them: the index after a group of neurons took new references. Two passes (count,
+    fill), parallel over points."""
+    ptr, ids, val = index
+    gptr, gids, gval = group
+    n = ptr.shape[0] - 1
+    out_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in prange(n):
+        c = 0
+        for q in range(ptr[i], ptr[i + 1]):
+            if not drop[ids[q]]:
+                c += 1
+        for q in range(gptr[i], gptr[i + 1]):
+            if take[gids[q]]:
+                c += 1
+        out_ptr[i + 1] = c
+    for i in range(n):
+        out_ptr[i + 1] += out_ptr[i]
+    out_ids = np.empty(out_ptr[n], dtype=ids.dtype)
+    out_val = np.empty(out_ptr[n], dtype=val.dtype)
+    for i in prange(n):
+        p = out_ptr[i]
+        for q in range(ptr[i], ptr[i + 1]):
+            if not drop[ids[q]]:
+                out_ids[p] = ids[q]
+                out_val[p] = val[q]
+                p += 1
+        for q in range(gptr[i], gptr[i + 1]):
+            if take[gids[q]]:
+                out_ids[p] = gids[q]
+                out_val[p] = gval[q]
+                p += 1
+    return out_ptr, out_ids, out_val
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def batch_candidates(index, rows, cert):
     """Candidate pairs of the batch whose drift bound zref + delta_r ||x_i|| reaches b
     (hot neurons excluded: they are checked on every point). ``index``: the point-major

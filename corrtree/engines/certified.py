@@ -10,12 +10,14 @@ reference correlation), point-major. A pair that is not a candidate cannot fire 
 delta_r * ||x_i|| <= slack. A candidate needs an exact inner product only when its bound
 exceeds b. A neuron whose drift passes the slack becomes *hot* and is checked exactly on every
 point of each batch (one BLAS product over the batch). Hot neurons cost batch * d each per
-step; a rebuild from the current weights (one blocked X W^T over all n points, like the trees'
-Init) costs n * m * d once and cools them all. The engine rebuilds when the work spent on hot
-neurons since the last rebuild reaches ``rebuild_after`` times the cost of a rebuild: the
-ski-rental rule, which keeps the total within a factor 1 + 1/rebuild_after of the best
-schedule in hindsight. With full batches a rebuild comes after a few steps with many hot
-neurons; with small mini-batches hot neurons are cheap and rebuilds are rare.
+step. Taking a new reference for one neuron (the paper's Update: its inner products with all
+n points, n * d) cools it again: a hot neuron is re-referenced once the checks it has cost
+since it turned hot reach ``rebuild_after`` times that price, the ski-rental rule per neuron,
+which keeps each neuron's cost within a factor 1 + 1/rebuild_after of the best schedule in
+hindsight. Neurons that come due are re-referenced together (one BLAS product X W_group^T)
+and their new candidates merged into the index. ``rereference="rebuild"`` keeps the older
+rule instead: one rebuild of all neurons (n * m * d) once the hot work since the last
+rebuild reaches ``rebuild_after`` times its cost.
 
 Cost per step: (candidates of the batch whose bound exceeds b) * d exact products for
 detection, (firing pairs) * d for the gradient, (neurons moved) * d for the drift. Memory:
@@ -49,6 +51,8 @@ class CertifiedOptions(Options):
     batches of 1024 rows or more, never on smaller ones, whose rows stay in cache and are
     gathered faster (measured on Fashion-MNIST: docs/engines.md).
     ``block_bytes``: size of the correlation blocks X W^T of a rebuild.
+    ``rereference``: ``"neuron"`` re-references hot neurons one by one as they come due (in
+    groups); ``"rebuild"`` rebuilds the whole index instead.
     """
 
     slack: float = 0.25
@@ -56,6 +60,7 @@ class CertifiedOptions(Options):
     dense_fraction: float = 0.15
     blas_gradient: float | None = None
     block_bytes: int = 128 << 20
+    rereference: str = "neuron"
 
     def check(self):
         check_number("slack", self.slack, low=0, low_open=True)
@@ -64,6 +69,10 @@ class CertifiedOptions(Options):
         if self.blas_gradient is not None:
             check_number("blas_gradient", self.blas_gradient, low=0)
         check_number("block_bytes", self.block_bytes, kind=int, low=1)
+        if self.rereference not in ("neuron", "rebuild"):
+            raise ValueError(
+                f"rereference must be 'neuron' or 'rebuild', got {self.rereference!r}"
+            )
 
 
 @dataclass
@@ -93,8 +102,9 @@ class CertifiedEngine(Engine):
         self.slack = float(o.slack)
         self.xnorm = np.linalg.norm(X.astype(np.float64), axis=1)
         self.xmax = float(self.xnorm.max()) if self.n else 0.0
-        self.counters.update(rebuilds=0, exact_checks=0, hot_checks=0)
+        self.counters.update(rebuilds=0, rereferenced=0, exact_checks=0, hot_checks=0)
         self._scratch: dict[str, np.ndarray] = {}
+        self._batch = self.n  # rows of the last step
         self.rebuild()
 
     # --- index ----------------------------------------------------------------------------
@@ -148,7 +158,9 @@ class CertifiedEngine(Engine):
         # they are checked like hot neurons from the start (and do not count as drift).
         dense = np.bincount(idx, minlength=self.m) > self.options.dense_fraction * self.n
         self.n_dense = int(dense.sum())
+        self.dense = dense
         self.hot = np.zeros(self.m, dtype=np.bool_)
+        self.hot_cost = np.zeros(self.m, dtype=np.int64)  # checks spent on each while hot
         self.hot_ids = np.zeros(0, dtype=np.int64)
         self.hot_pos = np.full(self.m, -1, dtype=np.int64)
         self._Wh = np.empty((0, net.d), dtype=net.dtype)
@@ -158,19 +170,22 @@ class CertifiedEngine(Engine):
         self.counters["rebuilds"] += 1
         self.counters["inner_products"] += self.n * self.m
 
-    def _candidates(self, b_low) -> S.Pairs:
+    def _candidates(self, b_low, W=None) -> S.Pairs:
         """All pairs with <w_r, x_i> > b_low, point-major, from one blocked pass of X W^T
-        (each block's correlations computed once, its candidates appended)."""
+        (each block's correlations computed once, its candidates appended). ``W``: these
+        rows instead of the network's (ids are then positions in ``W``)."""
         net = self.net
-        block = max(1, min(self.n, self.options.block_bytes // (self.m * net.dtype.itemsize)))
-        Z = np.empty((block, self.m), dtype=net.dtype)
+        W = net.W if W is None else W
+        k = max(1, W.shape[0])
+        block = max(1, min(self.n, self.options.block_bytes // (k * net.dtype.itemsize)))
+        Z = np.empty((block, W.shape[0]), dtype=net.dtype)
         ptr = np.zeros(self.n + 1, dtype=np.int64)
         ids = np.empty(0, dtype=np.int32)
         val = np.empty(0, dtype=net.dtype)
         fill = 0
         for lo in range(0, self.n, block):
             hi = min(self.n, lo + block)
-            zb = matmul(self.X[lo:hi], net.W.T, out=Z[: hi - lo])
+            zb = matmul(self.X[lo:hi], W.T, out=Z[: hi - lo])
             bptr, bids, bval = S.extract_candidates(zb, b_low)
             if fill + bids.size > ids.size:  # grow to the count extrapolated from the rows so far
                 cap = max(fill + bids.size, int(1.1 * (fill + bids.size) * self.n / hi) + 1024)
@@ -279,20 +294,78 @@ class CertifiedEngine(Engine):
             S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh),
         )
         self._hot_work += rows.size * (nh - self.n_dense)
+        self._batch = rows.size
         self.counters["gradient_madds"] += firing.pairs * net.d
         self.counters["steps"] += 1
         return moved
 
     def maintain(self, moved):
-        """Neurons whose drift passed the slack turn hot; rebuild by the ski-rental rule."""
+        """Neurons whose drift passed the slack turn hot; hot neurons that have cost as much
+        as a new reference get one (or, with ``rereference="rebuild"``, the whole index is
+        rebuilt once the hot work has cost as much as a rebuild)."""
         moved = moved[~self.hot[moved]]
         newly = moved[self.delta[moved] * self.xmax > self.slack]
         if newly.size:
             self._add_hot(newly)
-        if self.hot_ids.size > self.n_dense and self._hot_work >= self.options.rebuild_after * (
-            self.n * self.m
-        ):
-            self.rebuild()
+        if self.hot_ids.size == self.n_dense:
+            return
+        due_cost = self.options.rebuild_after * self.n
+        if self.options.rereference == "rebuild":
+            if self._hot_work >= due_cost * self.m:
+                self.rebuild()
+            return
+        drifted = self.hot_ids[~self.dense[self.hot_ids]]
+        self.hot_cost[drifted] += self._batch
+        due = drifted[self.hot_cost[drifted] >= due_cost]
+        # Re-referencing a group merges its candidates into the index, a pass over all of it
+        # (and in full-batch training a new neuron-major copy): due neurons wait for company
+        # until the checks they have cost past their price pay for that pass, about one
+        # inner product per stored candidate. The ski-rental rule again, per group.
+        waste = int(self.hot_cost[due].sum()) - due_cost * due.size
+        if due.size and waste >= self.candidates:
+            if 2 * due.size >= self.m:
+                self.rebuild()
+            else:
+                self.rereference(due)
+
+    def rereference(self, ids: np.ndarray) -> None:
+        """Take the current weights of neurons ``ids`` as their reference (n d each): their
+        candidates are recomputed against all points and replace theirs in the index; they
+        stop being hot, unless their candidates now cover more than ``dense_fraction`` of the
+        points (they are then dense, checked by BLAS on every batch from here on)."""
+        net = self.net
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        try:  # the merge holds the old index and the new one at once
+            check_memory(
+                2 * sum(a.nbytes for a in self.index) + self.n * ids.size * net.dtype.itemsize,
+                f"re-referencing {ids.size} neurons",
+                self.max_memory,
+            )
+        except MemoryError:
+            self.rebuild()  # frees the index before building the new one
+            return
+        Wg = net.W[ids]
+        reach = max_row_norm(Wg) + (self.slack / self.xmax if self.xmax > 0 else 0.0)
+        self.margin = max(self.margin, 2 * dot_margin(net.d, net.dtype, reach, self.xmax))
+        gptr, gpos, gval = self._candidates(
+            net.dtype.type(float(self.b) - self.slack - self.margin), Wg
+        )
+        dense = np.bincount(gpos, minlength=ids.size) > self.options.dense_fraction * self.n
+        drop = np.zeros(self.m, dtype=np.bool_)
+        drop[ids] = True
+        take = np.zeros(self.m, dtype=np.bool_)
+        take[ids[~dense]] = True
+        group = S.Pairs(gptr, ids.astype(np.int32)[gpos], gval)
+        self.index = S.Pairs(*S.merge_index(self.index, drop, group, take))
+        self._by_neuron = None
+        self.W_ref[ids] = Wg
+        self.delta[ids] = 0.0
+        self.hot_cost[ids] = 0
+        self.dense[ids[dense]] = True
+        self.n_dense += int(dense.sum())
+        self._remove_hot(ids[~dense])
+        self.counters["rereferenced"] += int(ids.size)
+        self.counters["inner_products"] += self.n * int(ids.size)
 
     def _blas_gradient(self, batch: int) -> float:
         if self.options.blas_gradient is not None:
@@ -331,6 +404,17 @@ class CertifiedEngine(Engine):
         self.hot[ids] = True
         self.hot_pos[ids] = np.arange(nh, new)
         self.hot_ids = np.concatenate([self.hot_ids, ids.astype(np.int64)])
+
+    def _remove_hot(self, ids: np.ndarray) -> None:
+        """Hot neurons ``ids`` cool down: they leave the hot set and its weight copy."""
+        if not ids.size:
+            return
+        self.hot[ids] = False
+        self.hot_pos[ids] = -1
+        keep = np.flatnonzero(self.hot[self.hot_ids])
+        self._Wh[: keep.size] = self._Wh[keep]
+        self.hot_ids = self.hot_ids[keep]
+        self.hot_pos[self.hot_ids] = np.arange(keep.size)
 
     def stats(self):
         return {
