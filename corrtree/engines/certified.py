@@ -70,9 +70,7 @@ class CertifiedOptions(Options):
             check_number("blas_gradient", self.blas_gradient, low=0)
         check_number("block_bytes", self.block_bytes, kind=int, low=1)
         if self.rereference not in ("neuron", "rebuild"):
-            raise ValueError(
-                f"rereference must be 'neuron' or 'rebuild', got {self.rereference!r}"
-            )
+            raise ValueError(f"rereference must be 'neuron' or 'rebuild', got {self.rereference!r}")
 
 
 @dataclass
