@@ -128,7 +128,7 @@ def test_declared_options(rng):
         steps=2,
         lr=0.1,
         engine="certified",
-        engine_options={"slack": 0.01, "rebuild_after": 0.0},
+        engine_options={"slack": 0.01, "rebuild_after": 0.0, "lazy": False},
     )
     assert h.stats["rebuilds"] >= 1
     with pytest.raises(TypeError, match="unknown option"):

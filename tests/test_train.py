@@ -248,16 +248,20 @@ def test_certified_dense_neurons(dense_fraction, rng):
     y = 3 * rng.standard_normal(40)
     for batch in (None, 8):
         _, h_ref, w_ref = run("dense", X, y, width=300, steps=6, lr=1.0, batch_size=batch)
-        net = ct.ShiftedReLUNet(5, 300, seed=3)
-        eng = Stepper("certified", net, X, y[:, None], dense_fraction=dense_fraction)
-        dense = eng.stats()["dense_neurons"]
-        with_candidates = np.unique(eng.index.ids).size
-        assert dense == (0 if dense_fraction == 1.0 else with_candidates)
-        assert with_candidates > 100
-        rows = batch_schedule(40, batch, 6, seed=0)
-        for t, r in enumerate(rows):
-            eng.step(1.0, r)
-            np.testing.assert_allclose(net.W, w_ref[t], rtol=1e-9, atol=1e-12)
+        for lazy in (False, True):
+            net = ct.ShiftedReLUNet(5, 300, seed=3)
+            eng = Stepper("certified", net, X, y[:, None], dense_fraction=dense_fraction, lazy=lazy)
+            rows = batch_schedule(40, batch, 6, seed=0)
+            for t, r in enumerate(rows):
+                eng.step(1.0, r)
+                np.testing.assert_allclose(net.W, w_ref[t], rtol=1e-9, atol=1e-12)
+                if t == 0 or not lazy:  # a lazy index decides at its first batch
+                    dense = eng.stats()["dense_neurons"]
+                    if not lazy:
+                        with_candidates = np.unique(eng.index.ids).size
+                        assert with_candidates > 100
+                        assert dense == (0 if dense_fraction == 1.0 else with_candidates)
+                    assert (dense == 0) == (dense_fraction == 1.0)
 
 
 def test_dense_blocks_are_invisible(rng):
@@ -296,7 +300,7 @@ def test_certified_full_and_minibatch_steps_mixed(rebuild_after, counter, rng):
         assert a.fired_pairs == b.fired_pairs, f"step {t}"
         np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
     assert eng.stats()[counter] > eng.stats()["dense_neurons"]
-    assert eng.stats()["rebuilds"] == 1
+    assert eng.stats()["rebuilds"] == 0  # a lazy index, then re-references
     np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
 
 
@@ -314,7 +318,15 @@ def test_certified_blas_gradient_of_hot_neurons(dense_fraction, batch, dtype, rn
     ref = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
     dense = Stepper("dense", ref, X, y[:, None])
     net = ct.ShiftedReLUNet(5, 300, seed=3, dtype=dtype)
-    eng = Stepper("certified", net, X, y[:, None], dense_fraction=dense_fraction, blas_gradient=0.0)
+    eng = Stepper(
+        "certified",
+        net,
+        X,
+        y[:, None],
+        dense_fraction=dense_fraction,
+        blas_gradient=0.0,
+        lazy=False,  # every step through the hot block, the first too
+    )
     assert 0 < eng.n_dense <= np.unique(eng.index.ids).size
     assert (eng.n_dense < np.unique(eng.index.ids).size) == (dense_fraction == 0.2)
     calls = []
@@ -359,15 +371,15 @@ def test_certified_rereferenced_index_is_complete(rng):
     ref = ct.ShiftedReLUNet(6, 400, seed=5)
     net = ct.ShiftedReLUNet(6, 400, seed=5)
     dense = Stepper("dense", ref, X, y)
-    eng = Stepper("certified", net, X, y, slack=0.05, rebuild_after=0.2)
+    eng = Stepper("certified", net, X, y, slack=0.05, rebuild_after=0.2, lazy=False)
     for rows in batch_schedule(60, 10, 30, seed=1):
         assert eng.step(1.0, rows).fired_pairs == dense.step(1.0, rows).fired_pairs
     np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12)
     assert eng.stats()["rereferenced"] > 0 and eng.stats()["rebuilds"] == 1
     e = eng.engine
     Z = X @ e.W_ref.T  # float64 reference correlations of every pair
-    ptr, ids, val = e.index
-    point = np.repeat(np.arange(60), np.diff(ptr))
+    lo, hi, ids, val = e.index
+    point = np.repeat(np.arange(60), hi - lo)  # the merged index is in point order
     cool = ~e.hot[ids]
     np.testing.assert_allclose(val[cool], Z[point[cool], ids[cool]], atol=1e-12)
     stored = np.zeros_like(Z, dtype=bool)
@@ -375,3 +387,60 @@ def test_certified_rereferenced_index_is_complete(rng):
     must = (Z > e.b - e.slack + 1e-9) & ~e.hot[None, :]
     assert must.any() and not (must & ~stored).any()
     assert len(set(zip(point.tolist(), ids.tolist(), strict=True))) == ids.size  # no pair twice
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_certified_lazy_index_is_sound(lazy, rng):
+    """With a lazy index each point is indexed at its first visit against weights that
+    have already moved. The certificate must hold for every pair all the same: a stored
+    pair's value plus the neuron's drift bounds its correlation now, and a pair left out
+    cannot reach b - slack + drift. The trajectory is dense's; batches mixing new and
+    indexed points, and a first full batch, are included."""
+    X = unit_rows(rng, 80, 6)
+    y = 3 * rng.standard_normal((80, 1))
+    ref = ct.ShiftedReLUNet(6, 500, seed=2)
+    net = ct.ShiftedReLUNet(6, 500, seed=2)
+    dense = Stepper("dense", ref, X, y)
+    eng = Stepper("certified", net, X, y, slack=0.1, lazy=lazy, rebuild_after=5.0)
+    plan = [np.arange(0, 30), np.arange(20, 50), None, *batch_schedule(80, 16, 15, seed=3)]
+    if lazy:
+        plan = plan[:2] + plan[3:]  # the first full batch would index everything at once
+    for t, rows in enumerate(plan):
+        a, b = eng.step(1.0, rows), dense.step(1.0, rows)
+        assert a.fired_pairs == b.fired_pairs, f"step {t}"
+        np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+        if t == 0 and lazy:
+            assert eng.candidates > 0 and eng.engine._n_indexed == 30
+    e = eng.engine
+    assert e._n_indexed == 80 and e.counters["rebuilds"] == (0 if lazy else 1)
+    lo, hi, ids, val = e.index  # point i's pairs at [lo[i], hi[i]), points in any order
+    at = np.concatenate([np.arange(lo[i], hi[i]) for i in range(80)])
+    point = np.concatenate([np.full(hi[i] - lo[i], i) for i in range(80)])
+    ids, val = ids[at], val[at]
+    assert at.size == e.candidates
+    Z = X @ net.W.T  # correlations now, float64
+    slack = e.delta[None, :] * e.xnorm[:, None]
+    cool = ~e.hot[ids]
+    assert (Z[point, ids][cool] <= val[cool] + slack[point, ids][cool] + 1e-9).all()
+    stored = np.zeros_like(Z, dtype=bool)
+    stored[point, ids] = True
+    left_out = ~stored & ~e.hot[None, :]
+    assert (Z[left_out] <= (e.b - e.slack + slack)[left_out] + 1e-9).all()
+    assert (Z > e.b).sum() > 0
+
+
+def test_certified_lazy_full_batch_and_large_batch(rng):
+    """A full first batch is a first visit (lazy) and gives dense's step; a batch whose
+    correlations would exceed the block budget builds the whole index instead."""
+    X = unit_rows(rng, 50, 5)
+    y = 3 * rng.standard_normal((50, 1))
+    for block_bytes, rebuilds in [(128 << 20, 0), (64, 1)]:
+        ref = ct.ShiftedReLUNet(5, 300, seed=1)
+        net = ct.ShiftedReLUNet(5, 300, seed=1)
+        dense = Stepper("dense", ref, X, y)
+        eng = Stepper("certified", net, X, y, slack=0.1, block_bytes=block_bytes)
+        for t in range(4):
+            a, b = eng.step(1.0), dense.step(1.0)
+            assert a.fired_pairs == b.fired_pairs
+            np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+        assert eng.stats()["rebuilds"] == rebuilds and eng.engine._n_indexed == 50

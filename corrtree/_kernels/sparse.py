@@ -20,6 +20,17 @@ class Pairs(NamedTuple):
     val: np.ndarray
 
 
+class Index(NamedTuple):
+    """The certified engine's point-major candidates: point i's neuron ids and reference
+    values are ``ids[lo[i]:hi[i]]`` and ``val[lo[i]:hi[i]]`` (points indexed in any order;
+    a point not indexed yet has lo = hi)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    ids: np.ndarray
+    val: np.ndarray
+
+
 class Certificate(NamedTuple):
     """What the drift bound zref + delta_r ||x_i|| > b - margin needs: per-point norms,
     per-neuron drift, the hot flags (hot neurons are checked on every point instead)."""
@@ -44,18 +55,26 @@ class Drift(NamedTuple):
 @njit(nogil=True, cache=True)
 def transpose(indptr, idx, val, n_cols):
     """CSR transpose: returns (col_ptr, row_ids, values), rows sorted within each column."""
-    nnz = idx.shape[0]
-    n_rows = indptr.shape[0] - 1
+    return transpose_rows(indptr[:-1], indptr[1:], idx, val, n_cols)
+
+
+@njit(nogil=True, cache=True)
+def transpose_rows(lo, hi, idx, val, n_cols):
+    """``transpose`` of a matrix whose row r is ``idx[lo[r]:hi[r]]`` (rows stored in any
+    order, with gaps)."""
+    n_rows = lo.shape[0]
     col_ptr = np.zeros(n_cols + 1, dtype=np.int64)
-    for k in range(nnz):
-        col_ptr[idx[k] + 1] += 1
+    for r in range(n_rows):
+        for k in range(lo[r], hi[r]):
+            col_ptr[idx[k] + 1] += 1
     for c in range(n_cols):
         col_ptr[c + 1] += col_ptr[c]
+    nnz = col_ptr[n_cols]
     fill = col_ptr[:-1].copy()
     rows = np.empty(nnz, dtype=np.int64)
     out = np.empty(nnz, dtype=val.dtype)
     for r in range(n_rows):
-        for k in range(indptr[r], indptr[r + 1]):
+        for k in range(lo[r], hi[r]):
             c = idx[k]
             rows[fill[c]] = r
             out[fill[c]] = val[k]
@@ -148,23 +167,24 @@ def extract_candidates(Z, b_low):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def merge_index(index, drop, group, take):
-    """Point-major ``index`` with the pairs of neurons r where ``drop[r]`` removed and the
-    pairs of point-major ``group`` (same points, global neuron ids) where ``take[r]`` added
-    after them: the index after a group of neurons took new references. Two passes (count,
-    fill), parallel over points."""
-    ptr, ids, val = index
+def merge_index(index, drop, group, take, indexed):
+    """The ``Index`` with the pairs of neurons r where ``drop[r]`` removed and the pairs of
+    point-major ``group`` (same points, global neuron ids) where ``take[r]`` added after them,
+    for the points already ``indexed``: the index after a group of neurons took new
+    references, as CSR (ptr, ids, values). Two passes (count, fill), parallel over points."""
+    lo, hi, ids, val = index
     gptr, gids, gval = group
-    n = ptr.shape[0] - 1
+    n = lo.shape[0]
     out_ptr = np.zeros(n + 1, dtype=np.int64)
     for i in prange(n):
         c = 0
-        for q in range(ptr[i], ptr[i + 1]):
+        for q in range(lo[i], hi[i]):
             if not drop[ids[q]]:
                 c += 1
-        for q in range(gptr[i], gptr[i + 1]):
-            if take[gids[q]]:
-                c += 1
+        if indexed[i]:
+            for q in range(gptr[i], gptr[i + 1]):
+                if take[gids[q]]:
+                    c += 1
         out_ptr[i + 1] = c
     for i in range(n):
         out_ptr[i + 1] += out_ptr[i]
@@ -172,11 +192,13 @@ def merge_index(index, drop, group, take):
     out_val = np.empty(out_ptr[n], dtype=val.dtype)
     for i in prange(n):
         p = out_ptr[i]
-        for q in range(ptr[i], ptr[i + 1]):
+        for q in range(lo[i], hi[i]):
             if not drop[ids[q]]:
                 out_ids[p] = ids[q]
                 out_val[p] = val[q]
                 p += 1
+        if not indexed[i]:
+            continue
         for q in range(gptr[i], gptr[i + 1]):
             if take[gids[q]]:
                 out_ids[p] = gids[q]
@@ -189,16 +211,16 @@ def merge_index(index, drop, group, take):
 def batch_candidates(index, rows, cert):
     """Candidate pairs of the batch whose drift bound zref + delta_r ||x_i|| reaches b
     (hot neurons excluded: they are checked on every point). ``index``: the point-major
-    candidates (ptr over points, neuron ids, reference values). Returns point-major CSR
+    candidates (an ``Index``: neuron ids and reference values per point). Returns point-major CSR
     over batch rows with neuron ids; no inner product is computed."""
-    cptr, cidx, zref = index
+    lo, hi, cidx, zref = index
     xnorm, delta, hot, b, margin = cert
     R = rows.shape[0]
     counts = np.zeros(R + 1, dtype=np.int64)
     for k in prange(R):
         i = rows[k]
         c = 0
-        for q in range(cptr[i], cptr[i + 1]):
+        for q in range(lo[i], hi[i]):
             r = cidx[q]
             if not hot[r] and zref[q] + delta[r] * xnorm[i] > b - margin:
                 c += 1
@@ -209,7 +231,7 @@ def batch_candidates(index, rows, cert):
     for k in prange(R):
         i = rows[k]
         p = counts[k]
-        for q in range(cptr[i], cptr[i + 1]):
+        for q in range(lo[i], hi[i]):
             r = cidx[q]
             if not hot[r] and zref[q] + delta[r] * xnorm[i] > b - margin:
                 out[p] = r
@@ -533,3 +555,68 @@ def hot_coefficient_matrix(Zhot, b, A, hot_ids, E, scale, out):
             for c in range(C):
                 s += a[c] * E[k, c]
             o[k] = scale * s if z[k] > b else 0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def index_rows(Z, ks, rows, delta, xnorm, hot, b_low, tb, pre):
+    """One pass over a batch's correlations Z with the current weights (rows = batch rows,
+    columns = neurons) for its first visit: the firing pairs of every row (Z > b,
+    point-major), and the candidates of the new rows ``ks`` for an index whose references
+    are older. By the triangle inequality <w(t'), x> <= <w(t), x> + (delta_r(t) +
+    delta_r(t')) ||x||, so a pair is stored with value z + delta_r(t) ||x_i|| (rounded up)
+    when that exceeds b_low, and the engine's usual bound (value + delta_r(t') ||x_i||)
+    holds for it later. Hot neurons are left out of the candidates. ``tb``: b rounded down to
+    Z's precision (z > b exactly when z > tb); ``pre[k]``: a number of Z's precision below
+    every z that can be stored for row k (a cheap first test). Returns (firing ptr over the
+    batch rows, neuron ids, values), (candidate ptr over ``ks``, int32 ids, values)."""
+    R, M = Z.shape
+    K = ks.shape[0]
+    new = np.full(R, -1, dtype=np.int64)
+    for j in range(K):
+        new[ks[j]] = j
+    fptr = np.zeros(R + 1, dtype=np.int64)
+    cptr = np.zeros(K + 1, dtype=np.int64)
+    for k in prange(R):
+        row = Z[k]
+        f = 0
+        for r in range(M):
+            f += row[r] > tb
+        fptr[k + 1] = f
+        j = new[k]
+        if j >= 0:
+            xn = xnorm[rows[k]]
+            c = 0
+            for r in range(M):
+                if row[r] > pre[k] and not hot[r] and np.float64(row[r]) + delta[r] * xn > b_low:
+                    c += 1
+            cptr[j + 1] = c
+    for k in range(R):
+        fptr[k + 1] += fptr[k]
+    for j in range(K):
+        cptr[j + 1] += cptr[j]
+    fids = np.empty(fptr[R], dtype=np.int32)
+    fvals = np.empty(fptr[R], dtype=Z.dtype)
+    ids = np.empty(cptr[K], dtype=np.int32)
+    vals = np.empty(cptr[K], dtype=Z.dtype)
+    for k in prange(R):
+        row = Z[k]
+        p = fptr[k]
+        for r in range(M):
+            if row[r] > tb:
+                fids[p] = r
+                fvals[p] = row[r]
+                p += 1
+        j = new[k]
+        if j >= 0:
+            xn = xnorm[rows[k]]
+            p = cptr[j]
+            for r in range(M):
+                if row[r] > pre[k] and not hot[r]:
+                    v = np.float64(row[r]) + delta[r] * xn
+                    if v > b_low:
+                        ids[p] = r
+                        vals[p] = v
+                        if vals[p] < v:
+                            vals[p] = np.nextafter(vals[p], np.inf)
+                        p += 1
+    return (fptr, fids, fvals), (cptr, ids, vals)

@@ -42,8 +42,10 @@ from .base import Engine, Firing, Options, check_number
 @dataclass(frozen=True)
 class CertifiedOptions(Options):
     """``slack``: how far below b candidates reach (for unit-norm data).
-    ``rebuild_after``: rebuild once the exact checks spent on hot neurons since the last
-    rebuild reach this multiple of a rebuild's n * m * d.
+    ``rebuild_after``: re-reference a hot neuron once the exact checks spent on it since it
+    turned hot reach this multiple of its re-reference's n * d (with
+    ``rereference="rebuild"``: rebuild once the checks on all hot neurons reach this multiple
+    of a rebuild's n * m * d).
     ``dense_fraction``: neurons with candidates on more than this fraction of the points are
     checked on the whole batch by BLAS (where BLAS's rate beats gathering).
     ``blas_gradient``: the hot neurons' gradient is one BLAS product over the batch when their
@@ -53,6 +55,11 @@ class CertifiedOptions(Options):
     ``block_bytes``: size of the correlation blocks X W^T of a rebuild.
     ``rereference``: ``"neuron"`` re-references hot neurons one by one as they come due (in
     groups); ``"rebuild"`` rebuilds the whole index instead.
+    ``lazy``: index each point at its first visit (one BLAS product of its batch with all
+    weights, which also gives that batch's firing pairs), so training starts at once and the
+    preprocessing pass is spread over the first epoch; batches whose correlations with all
+    neurons would take more than 4 ``block_bytes`` (full-batch GD at large m) build the whole
+    index in one blocked pass at their first step instead. False: build it up front.
     """
 
     slack: float = 0.25
@@ -61,6 +68,7 @@ class CertifiedOptions(Options):
     blas_gradient: float | None = None
     block_bytes: int = 128 << 20
     rereference: str = "neuron"
+    lazy: bool = True
 
     def check(self):
         check_number("slack", self.slack, low=0, low_open=True)
@@ -69,6 +77,8 @@ class CertifiedOptions(Options):
         if self.blas_gradient is not None:
             check_number("blas_gradient", self.blas_gradient, low=0)
         check_number("block_bytes", self.block_bytes, kind=int, low=1)
+        if not isinstance(self.lazy, (bool, np.bool_)):
+            raise TypeError(f"lazy must be True or False, got {self.lazy!r}")
         if self.rereference not in ("neuron", "rebuild"):
             raise ValueError(f"rereference must be 'neuron' or 'rebuild', got {self.rereference!r}")
 
@@ -84,6 +94,7 @@ class CertifiedFiring(Firing):
     blas: bool = False
     hot_fired: np.ndarray | None = field(repr=False, default=None)
     Xb: np.ndarray | None = field(repr=False, default=None)  # the batch's rows of X
+    first: bool = False  # a first visit: every neuron was checked by BLAS, hot ones for free
 
 
 class CertifiedEngine(Engine):
@@ -103,7 +114,10 @@ class CertifiedEngine(Engine):
         self.counters.update(rebuilds=0, rereferenced=0, exact_checks=0, hot_checks=0)
         self._scratch: dict[str, np.ndarray] = {}
         self._batch = self.n  # rows of the last step
-        self.rebuild()
+        if o.lazy:
+            self._reference_all()
+        else:
+            self.rebuild()
 
     # --- index ----------------------------------------------------------------------------
     @classmethod
@@ -111,17 +125,35 @@ class CertifiedEngine(Engine):
         cls, n, m, d, *, dtype, n_outputs=1, batch=None, options=None, xmax=1.0, threshold=None
     ):
         """The candidates (about n m P(z > b - slack) pairs at initialisation, where
-        <w_r, x_i> ~ N(0, ||x_i||^2), bounded with ||x||_max) and a reference copy of W."""
+        <w_r, x_i> ~ N(0, ||x_i||^2), bounded with ||x||_max), a reference copy of W, and for
+        a lazy index the correlations of one batch with all neurons (first visits)."""
         from ..model import default_threshold
 
         o = cls.make_options(options)
         b = default_threshold(m) if threshold is None else threshold
         frac = firing_probability((b - o.slack) / xmax) if xmax > 0 else 1.0
         item = np.dtype(dtype).itemsize
-        return int(1.2 * n * m * frac * (8 + item)) + m * d * item
+        first = min((batch or n) * m * item, 4 * o.block_bytes) if o.lazy else 0
+        return int(1.2 * n * m * frac * (8 + item)) + m * d * item + first
 
     def rebuild(self) -> None:
         """Take the current weights as reference and recompute all candidates."""
+        self._reference_all()
+        ptr, ids, val = self._candidates(self._b_low())
+        self.index = S.Index(ptr[:-1], ptr[1:], ids, val)
+        self._stored = ids.size
+        self.indexed[:] = True
+        self._n_indexed = self.n
+        # Dense neurons: candidates on more than dense_fraction of the points. Gathering their
+        # candidate rows one by one is slower than one BLAS product with the whole batch, so
+        # they are checked like hot neurons from the start (and do not count as drift).
+        self._set_dense(np.bincount(ids, minlength=self.m) > self.options.dense_fraction * self.n)
+        self.counters["rebuilds"] += 1
+        self.counters["inner_products"] += self.n * self.m
+
+    def _reference_all(self) -> None:
+        """Take the current weights as every neuron's reference, with an empty index and no
+        hot neuron (the index is then filled by a rebuild or batch by batch)."""
         net = self.net
         check_memory(
             self.estimate_bytes(
@@ -147,26 +179,90 @@ class CertifiedEngine(Engine):
         # ||w|| <= wmax + slack / xmax for every neuron that is not hot.
         reach = wmax + (self.slack / self.xmax if self.xmax > 0 else 0.0)
         self.margin = 2 * dot_margin(net.d, net.dtype, reach, self.xmax)
-        b_low = net.dtype.type(float(self.b) - self.slack - self.margin)
-        self.index = self._candidates(b_low)
-        idx = self.index.ids  # its neuron-major copy is made by the first full-batch step
+        empty = np.zeros(self.n, dtype=np.int64)
+        self.index = S.Index(empty, empty.copy(), np.empty(0, np.int32), np.empty(0, net.dtype))
+        self._stored = 0
+        self.indexed = np.zeros(self.n, dtype=np.bool_)
+        self._n_indexed = 0
         self.delta = np.zeros(self.m, dtype=np.float64)
-        # Dense neurons: candidates on more than dense_fraction of the points. Gathering their
-        # candidate rows one by one is slower than one BLAS product with the whole batch, so
-        # they are checked like hot neurons from the start (and do not count as drift).
-        dense = np.bincount(idx, minlength=self.m) > self.options.dense_fraction * self.n
-        self.n_dense = int(dense.sum())
-        self.dense = dense
+        self.dense = None  # decided by the first pass over points
+        self.n_dense = 0
         self.hot = np.zeros(self.m, dtype=np.bool_)
         self.hot_cost = np.zeros(self.m, dtype=np.int64)  # checks spent on each while hot
         self.hot_ids = np.zeros(0, dtype=np.int64)
         self.hot_pos = np.full(self.m, -1, dtype=np.int64)
         self._Wh = np.empty((0, net.d), dtype=net.dtype)
-        self._add_hot(np.flatnonzero(dense))
         self._no_hot = np.zeros((1, 1), dtype=net.dtype)
         self._hot_work = 0  # inner products spent on drifted hot neurons since this rebuild
-        self.counters["rebuilds"] += 1
-        self.counters["inner_products"] += self.n * self.m
+
+    def _b_low(self):
+        return self.net.dtype.type(float(self.b) - self.slack - self.margin)
+
+    def _set_dense(self, dense: np.ndarray) -> None:
+        self.dense = dense
+        self.n_dense = int(dense.sum())
+        self._add_hot(np.flatnonzero(dense))
+
+    def _first_visit(self, rows: np.ndarray, ks: np.ndarray, full: bool) -> CertifiedFiring:
+        """Detection for a batch holding points not indexed yet (positions ``ks``): one BLAS
+        product of the batch with all current weights, which gives the firing pairs exactly
+        (as dense's step) and the new points' candidates (``index_rows``). A lazy index costs
+        the preprocessing pass spread over the first epoch, and spares that epoch's sparse
+        detection."""
+        net = self.net
+        Xb = (
+            self.X
+            if full
+            else np.take(self.X, rows, axis=0, out=self._buffer("Xb", rows.shape + (net.d,)))
+        )
+        Z = matmul(Xb, net.W.T, out=self._buffer("Zfirst", (rows.size, self.m)))
+        b_low = float(self._b_low())
+        cool = self.delta[~self.hot]
+        reach = b_low - (cool.max() if cool.size else 0.0) * self.xnorm[rows]
+        (fptr, fids, fval), (ptr, ids, val) = S.index_rows(
+            Z,
+            ks,
+            rows,
+            self.delta,
+            self.xnorm,
+            self.hot,
+            b_low,
+            _round_down(float(self.b), net.dtype),
+            _round_down(reach, net.dtype),
+        )
+        self._append(rows[ks], ptr, ids, val)
+        if self.dense is None:  # from the first points: their share of each neuron's candidates
+            self._set_dense(
+                np.bincount(ids, minlength=self.m) > self.options.dense_fraction * ks.size
+            )
+        found = S.Pairs(*S.transpose(fptr, fids, fval, self.m))
+        self.counters["inner_products"] += rows.size * self.m
+        return CertifiedFiring(rows, fids.size, found, self._no_hot, False, None, Xb, first=True)
+
+    def _append(self, points: np.ndarray, ptr: np.ndarray, ids: np.ndarray, val: np.ndarray):
+        """Store the candidates of newly indexed ``points`` (point-major CSR over them)."""
+        lo, hi, all_ids, all_val = self.index
+        fill = self._stored + ids.size
+        if fill > all_ids.size:  # grow to the count extrapolated from the points so far
+            done = self._n_indexed + points.size
+            cap = max(fill, int(1.1 * fill * self.n / done) + 1024)
+            all_ids = np.concatenate(
+                [all_ids[: self._stored], np.empty(cap - self._stored, np.int32)]
+            )
+            all_val = np.concatenate(
+                [all_val[: self._stored], np.empty(cap - self._stored, all_val.dtype)]
+            )
+        all_ids[self._stored : fill] = ids
+        all_val[self._stored : fill] = val
+        lo[points] = self._stored + ptr[:-1]
+        hi[points] = self._stored + ptr[1:]
+        self.index = S.Index(lo, hi, all_ids, all_val)
+        self._stored = fill
+        self.indexed[points] = True
+        self._n_indexed += points.size
+        self._by_neuron = None
+        if self._n_indexed == self.n:  # the first-visit buffer is not needed any more
+            self._scratch.pop("Zfirst", None)
 
     def _candidates(self, b_low, W=None) -> S.Pairs:
         """All pairs with <w_r, x_i> > b_low, point-major, from one blocked pass of X W^T
@@ -201,7 +297,7 @@ class CertifiedEngine(Engine):
 
     @property
     def candidates(self) -> int:
-        return int(self.index.ptr[-1])
+        return int(self._stored)
 
     @property
     def nbytes(self) -> int:
@@ -213,12 +309,18 @@ class CertifiedEngine(Engine):
         net = self.net
         full = rows is None
         rows = self._rows(rows)
+        if self._n_indexed < self.n:
+            ks = np.flatnonzero(~self.indexed[rows])
+            if ks.size and rows.size * self.m * net.dtype.itemsize > 4 * self.options.block_bytes:
+                self.rebuild()  # too large a batch to hold its correlations: index all now
+            elif ks.size:
+                return self._first_visit(rows, ks, full)
         # Candidates whose bound reaches b, grouped by neuron, then checked exactly with
         # each weight row read once.
         cert = S.Certificate(self.xnorm, self.delta, self.hot, float(self.b), self.margin)
         if full:  # full batch: the neuron-major copy of the index
             if self._by_neuron is None:
-                self._by_neuron = S.Pairs(*S.transpose(*self.index, self.m))
+                self._by_neuron = S.Pairs(*S.transpose_rows(*self.index, self.m))
             col_ptr, brows = S.neuron_candidates(self._by_neuron, cert)
         else:
             bptr, bcand = S.batch_candidates(self.index, rows, cert)
@@ -291,8 +393,8 @@ class CertifiedEngine(Engine):
             lr,
             S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh),
         )
-        self._hot_work += rows.size * (nh - self.n_dense)
-        self._batch = rows.size
+        self._batch = 0 if firing.first else rows.size  # checks charged to each hot neuron
+        self._hot_work += self._batch * (nh - self.n_dense)
         self.counters["gradient_madds"] += firing.pairs * net.d
         self.counters["steps"] += 1
         return moved
@@ -354,7 +456,9 @@ class CertifiedEngine(Engine):
         take = np.zeros(self.m, dtype=np.bool_)
         take[ids[~dense]] = True
         group = S.Pairs(gptr, ids.astype(np.int32)[gpos], gval)
-        self.index = S.Pairs(*S.merge_index(self.index, drop, group, take))
+        ptr, new_ids, new_val = S.merge_index(self.index, drop, group, take, self.indexed)
+        self.index = S.Index(ptr[:-1], ptr[1:], new_ids, new_val)
+        self._stored = new_ids.size
         self._by_neuron = None
         self.W_ref[ids] = Wg
         self.delta[ids] = 0.0
@@ -427,3 +531,12 @@ class CertifiedEngine(Engine):
             f"CertifiedEngine(n={self.n}, m={self.m}, slack={self.slack}, "
             f"candidates={self.candidates}, {fmt_bytes(self.nbytes)})"
         )
+
+
+def _round_down(t, dtype):
+    """The largest numbers of ``dtype`` <= t (elementwise): for z of that dtype, z > t
+    exactly when z > _round_down(t)."""
+    t = np.asarray(t, dtype=np.float64)
+    v = t.astype(dtype)
+    v = np.where(v > t, np.nextafter(v, dtype.type(-np.inf)), v).astype(dtype)
+    return v if v.ndim else v[()]
