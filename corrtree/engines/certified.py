@@ -56,10 +56,12 @@ class CertifiedOptions(Options):
     ``rereference``: ``"neuron"`` re-references hot neurons one by one as they come due (in
     groups); ``"rebuild"`` rebuilds the whole index instead.
     ``lazy``: index each point at its first visit (one BLAS product of its batch with all
-    weights, which also gives that batch's firing pairs), so training starts at once and the
-    preprocessing pass is spread over the first epoch; batches whose correlations with all
-    neurons would take more than 4 ``block_bytes`` (full-batch GD at large m) build the whole
-    index in one blocked pass at their first step instead. False: build it up front.
+    weights, which also gives that batch's firing pairs), so training starts at once, the
+    preprocessing pass is spread over the first epoch and the index is smaller; batches
+    whose correlations with all neurons would take more than 4 ``block_bytes`` (full-batch
+    GD at large m) build the whole index in one blocked pass at their first step instead.
+    Off by default: no faster over 10 epochs of SGD at m = 2^16 and 10% slower at m = 2^18
+    (docs/engines.md, "Bounds").
     """
 
     slack: float = 0.25
@@ -68,7 +70,7 @@ class CertifiedOptions(Options):
     blas_gradient: float | None = None
     block_bytes: int = 128 << 20
     rereference: str = "neuron"
-    lazy: bool = True
+    lazy: bool = False
 
     def check(self):
         check_number("slack", self.slack, low=0, low_open=True)
