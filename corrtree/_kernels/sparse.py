@@ -558,65 +558,43 @@ def hot_coefficient_matrix(Zhot, b, A, hot_ids, E, scale, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def index_rows(Z, ks, rows, delta, xnorm, hot, b_low, tb, pre):
-    """One pass over a batch's correlations Z with the current weights (rows = batch rows,
-    columns = neurons) for its first visit: the firing pairs of every row (Z > b,
-    point-major), and the candidates of the new rows ``ks`` for an index whose references
+def index_rows(Z, ks, rows, delta, xnorm, hot, b_low, pre):
+    """Candidates of the new batch rows ``ks`` from the batch's correlations Z with the
+    current weights (rows = batch rows, columns = neurons), for an index whose references
     are older. By the triangle inequality <w(t'), x> <= <w(t), x> + (delta_r(t) +
     delta_r(t')) ||x||, so a pair is stored with value z + delta_r(t) ||x_i|| (rounded up)
     when that exceeds b_low, and the engine's usual bound (value + delta_r(t') ||x_i||)
-    holds for it later. Hot neurons are left out of the candidates. ``tb``: b rounded down to
-    Z's precision (z > b exactly when z > tb); ``pre[k]``: a number of Z's precision below
-    every z that can be stored for row k (a cheap first test). Returns (firing ptr over the
-    batch rows, neuron ids, values), (candidate ptr over ``ks``, int32 ids, values)."""
-    R, M = Z.shape
+    holds for it later. Hot neurons are left out. ``pre[k]``: a number of Z's precision
+    below every z that can be stored for row k (a cheap first test). Returns point-major
+    CSR over ``ks`` (int32 neuron ids, values)."""
+    M = Z.shape[1]
     K = ks.shape[0]
-    new = np.full(R, -1, dtype=np.int64)
-    for j in range(K):
-        new[ks[j]] = j
-    fptr = np.zeros(R + 1, dtype=np.int64)
-    cptr = np.zeros(K + 1, dtype=np.int64)
-    for k in prange(R):
+    ptr = np.zeros(K + 1, dtype=np.int64)
+    for j in prange(K):
+        k = ks[j]
         row = Z[k]
-        f = 0
+        xn = xnorm[rows[k]]
+        c = 0
         for r in range(M):
-            f += row[r] > tb
-        fptr[k + 1] = f
-        j = new[k]
-        if j >= 0:
-            xn = xnorm[rows[k]]
-            c = 0
-            for r in range(M):
-                if row[r] > pre[k] and not hot[r] and np.float64(row[r]) + delta[r] * xn > b_low:
-                    c += 1
-            cptr[j + 1] = c
-    for k in range(R):
-        fptr[k + 1] += fptr[k]
+            if row[r] > pre[k] and not hot[r] and np.float64(row[r]) + delta[r] * xn > b_low:
+                c += 1
+        ptr[j + 1] = c
     for j in range(K):
-        cptr[j + 1] += cptr[j]
-    fids = np.empty(fptr[R], dtype=np.int32)
-    fvals = np.empty(fptr[R], dtype=Z.dtype)
-    ids = np.empty(cptr[K], dtype=np.int32)
-    vals = np.empty(cptr[K], dtype=Z.dtype)
-    for k in prange(R):
+        ptr[j + 1] += ptr[j]
+    ids = np.empty(ptr[K], dtype=np.int32)
+    vals = np.empty(ptr[K], dtype=Z.dtype)
+    for j in prange(K):
+        k = ks[j]
         row = Z[k]
-        p = fptr[k]
+        xn = xnorm[rows[k]]
+        p = ptr[j]
         for r in range(M):
-            if row[r] > tb:
-                fids[p] = r
-                fvals[p] = row[r]
-                p += 1
-        j = new[k]
-        if j >= 0:
-            xn = xnorm[rows[k]]
-            p = cptr[j]
-            for r in range(M):
-                if row[r] > pre[k] and not hot[r]:
-                    v = np.float64(row[r]) + delta[r] * xn
-                    if v > b_low:
-                        ids[p] = r
-                        vals[p] = v
-                        if vals[p] < v:
-                            vals[p] = np.nextafter(vals[p], np.inf)
-                        p += 1
-    return (fptr, fids, fvals), (cptr, ids, vals)
+            if row[r] > pre[k] and not hot[r]:
+                v = np.float64(row[r]) + delta[r] * xn
+                if v > b_low:
+                    ids[p] = r
+                    vals[p] = v
+                    if vals[p] < v:
+                        vals[p] = np.nextafter(vals[p], np.inf)
+                    p += 1
+    return ptr, ids, vals

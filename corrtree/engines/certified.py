@@ -221,7 +221,7 @@ class CertifiedEngine(Engine):
         b_low = float(self._b_low())
         cool = self.delta[~self.hot]
         reach = b_low - (cool.max() if cool.size else 0.0) * self.xnorm[rows]
-        (fptr, fids, fval), (ptr, ids, val) = S.index_rows(
+        ptr, ids, val = S.index_rows(
             Z,
             ks,
             rows,
@@ -229,7 +229,6 @@ class CertifiedEngine(Engine):
             self.xnorm,
             self.hot,
             b_low,
-            _round_down(float(self.b), net.dtype),
             _round_down(reach, net.dtype),
         )
         self._append(rows[ks], ptr, ids, val)
@@ -237,6 +236,8 @@ class CertifiedEngine(Engine):
             self._set_dense(
                 np.bincount(ids, minlength=self.m) > self.options.dense_fraction * ks.size
             )
+        # The firing pairs: z > b exactly when z > b rounded down to Z's precision.
+        fptr, fids, fval = S.extract_candidates(Z, _round_down(float(self.b), net.dtype))
         found = S.Pairs(*S.transpose(fptr, fids, fval, self.m))
         self.counters["inner_products"] += rows.size * self.m
         return CertifiedFiring(rows, fids.size, found, self._no_hot, False, None, Xb, first=True)
