@@ -159,13 +159,13 @@ class TorchTight(_TightDense):
         return self._info(loss, t0, F.numpy())
 
 
-def make_method(name, net, X, Y):
+def make_method(name, net, X, Y, options=None):
     """A baseline (``numpy-tight``, ``torch-tight``), an approximate LSH engine
-    (``lsh-simhash``, ``lsh-dwta``) or a corrtree engine by name."""
+    (``lsh-simhash``, ``lsh-dwta``) or a corrtree engine by name (with its ``options``)."""
     if name == "numpy-tight":
         return NumpyTight(net, X, Y)
     if name == "torch-tight":
         return TorchTight(net, X, Y)
     if name.startswith("lsh-"):
         return EngineMethod("lsh", net, X, Y, {"hash": name[4:]})
-    return EngineMethod(name, net, X, Y)
+    return EngineMethod(name, net, X, Y, options)

@@ -36,6 +36,7 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
+from corrtree.engines.certified import CertifiedEngine
 from corrtree.model import init_weights
 from corrtree.train import auto_lr, batch_schedule
 
@@ -44,15 +45,15 @@ def accuracy(net, X, labels) -> float:
     return float(np.mean(net.outputs(X).argmax(axis=1) == labels))
 
 
-def run(method, X, Y, Xt, lt, W0, A0, batches, per_epoch, epochs, lr, threads, log):
-    """Train ``method`` for ``epochs`` epochs; per epoch: seconds (preprocessing in the
-    first), test accuracy."""
+def run(method, X, Y, Xt, lt, W0, A0, batches, per_epoch, epochs, lr, threads, log, options=None):
+    """Train ``method`` for ``epochs`` epochs (``options``: its engine's); per epoch:
+    seconds (preprocessing in the first), test accuracy."""
     net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
     reset_peak_rss()
     out = {"epoch_seconds": [], "test_accuracy": [], "step_seconds": []}
     with method_threads(method, threads):
         t0 = time.perf_counter()
-        m = make_method(method, net, X, Y)
+        m = make_method(method, net, X, Y, options)
         out["preprocess_seconds"] = time.perf_counter() - t0
         out["engine"] = getattr(m, "name", method)
         for e in range(epochs):
@@ -81,7 +82,19 @@ def main(argv=None):
     p.add_argument("--dense-epochs", type=int, default=2, help="epochs the dense side runs")
     p.add_argument("--lr", type=float, default=None, help="default 400 / batch")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to time")
+    p.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of corrtree's engine (certified at these sizes), e.g. lazy=true "
+        "(repeatable)",
+    )
     args = parse(p, argv)
+    try:
+        options = CertifiedEngine.parse_options(args.engine_opt) or None
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
     if min(args.batch, args.epochs, args.threads, args.dense_epochs) < 1:
         p.error("--batch, --epochs, --dense-epochs and --threads must be >= 1")
     log = (lambda *a: None) if args.quick else (lambda s: print(s, file=sys.stderr, flush=True))
@@ -138,7 +151,20 @@ def main(argv=None):
         )
     log(f"corrtree (auto), {args.epochs} epochs ...")
     ours, W_ours = run(
-        "auto", X, Y, Xt, lt, W0, A0, batches, per_epoch, args.epochs, lr, args.threads, log
+        "auto",
+        X,
+        Y,
+        Xt,
+        lt,
+        W0,
+        A0,
+        batches,
+        per_epoch,
+        args.epochs,
+        lr,
+        args.threads,
+        log,
+        options,
     )
     log(f"dense ({dense_name}), {dense_epochs} epochs ...")
     dense, W_dense = run(
@@ -179,6 +205,7 @@ def main(argv=None):
         "dense_epochs_run": dense_epochs,
         "steps_per_epoch": per_epoch,
         "lr": lr,
+        "engine_options": options or {},
         "target_accuracy": args.target,
         "corrtree": ours,
         "dense": {**dense, "method": dense_name},

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import get_num_threads
 
+from .. import _bf16
 from .._blas import matmul
 from .._kernels import sparse as S
 from .._validation import check_memory, dot_margin, fmt_bytes, max_row_norm
@@ -62,6 +63,10 @@ class CertifiedOptions(Options):
     GD at large m) build the whole index in one blocked pass at their first step instead.
     Off by default: no faster over 10 epochs of SGD at m = 2^16 and 10% slower at m = 2^18
     (docs/engines.md, "Bounds").
+    ``index_bf16``: run the index passes (rebuilds, re-references) on bfloat16 matrix units
+    (``corrtree._bf16``: a three-term split with a certified error bound; the index then
+    stores upper bounds, and the exact checks are unchanged). None: when PyTorch is installed,
+    the CPU has the units (Intel AMX), the network is float32 and the pass is large.
     """
 
     slack: float = 0.25
@@ -71,6 +76,7 @@ class CertifiedOptions(Options):
     block_bytes: int = 128 << 20
     rereference: str = "neuron"
     lazy: bool = False
+    index_bf16: bool | None = None
 
     def check(self):
         check_number("slack", self.slack, low=0, low_open=True)
@@ -81,6 +87,8 @@ class CertifiedOptions(Options):
         check_number("block_bytes", self.block_bytes, kind=int, low=1)
         if not isinstance(self.lazy, (bool, np.bool_)):
             raise TypeError(f"lazy must be True or False, got {self.lazy!r}")
+        if self.index_bf16 not in (None, True, False):
+            raise TypeError(f"index_bf16 must be None, True or False, got {self.index_bf16!r}")
         if self.rereference not in ("neuron", "rebuild"):
             raise ValueError(f"rereference must be 'neuron' or 'rebuild', got {self.rereference!r}")
 
@@ -116,6 +124,16 @@ class CertifiedEngine(Engine):
         self.counters.update(rebuilds=0, rereferenced=0, exact_checks=0, hot_checks=0)
         self._scratch: dict[str, np.ndarray] = {}
         self._batch = self.n  # rows of the last step
+        self._split = None  # X split for bfloat16 index passes, made at the first one
+        if o.index_bf16:
+            if net.dtype != np.float32:
+                raise ValueError(f"index_bf16 needs a float32 network, got {net.dtype}")
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "index_bf16=True needs PyTorch: pip install 'corrtree[torch]'"
+                ) from None
         if o.lazy:
             self._reference_all()
         else:
@@ -136,7 +154,15 @@ class CertifiedEngine(Engine):
         frac = firing_probability((b - o.slack) / xmax) if xmax > 0 else 1.0
         item = np.dtype(dtype).itemsize
         first = min((batch or n) * m * item, 4 * o.block_bytes) if o.lazy else 0
-        return int(1.2 * n * m * frac * (8 + item)) + m * d * item + first
+        split = 6 * (n + m) * d if cls._uses_bf16(o, n, m, d, np.dtype(dtype)) else 0
+        return int(1.2 * n * m * frac * (8 + item)) + m * d * item + first + split
+
+    @staticmethod
+    def _uses_bf16(options, n, k, d, dtype) -> bool:
+        """Whether an index pass over n points and k neurons runs on bfloat16 units."""
+        if options.index_bf16 is None:
+            return dtype == np.float32 and _bf16.worth_it(n, k, d)
+        return bool(options.index_bf16)
 
     def rebuild(self) -> None:
         """Take the current weights as reference and recompute all candidates."""
@@ -274,16 +300,32 @@ class CertifiedEngine(Engine):
         net = self.net
         W = net.W if W is None else W
         k = max(1, W.shape[0])
-        block = max(1, min(self.n, self.options.block_bytes // (k * net.dtype.itemsize)))
-        Z = np.empty((block, W.shape[0]), dtype=net.dtype)
+        split = None
+        if self._uses_bf16(self.options, self.n, k, net.d, net.dtype):
+            c_abs, c_rel = _bf16.bound(net.d, self.xmax, max_row_norm(W))
+            above = _bf16.threshold_bits(float(b_low), c_abs, c_rel)
+            if above is not None:  # else b_low is too low for the integer test: BLAS
+                if self._split is None:
+                    self._split = _bf16.SplitProduct(self.X)
+                split, W3T = self._split, _bf16.SplitProduct.weights(W)
+        item = 2 if split is not None else net.dtype.itemsize
+        block = max(1, min(self.n, self.options.block_bytes // (k * item)))
+        if split is None:
+            Z = np.empty((block, W.shape[0]), dtype=net.dtype)
+        else:
+            Z = split.buffer(block, W.shape[0])
         ptr = np.zeros(self.n + 1, dtype=np.int64)
         ids = np.empty(0, dtype=np.int32)
         val = np.empty(0, dtype=net.dtype)
         fill = 0
         for lo in range(0, self.n, block):
             hi = min(self.n, lo + block)
-            zb = matmul(self.X[lo:hi], W.T, out=Z[: hi - lo])
-            bptr, bids, bval = S.extract_candidates(zb, b_low)
+            if split is None:
+                zb = matmul(self.X[lo:hi], W.T, out=Z[: hi - lo])
+                bptr, bids, bval = S.extract_candidates(zb, b_low)
+            else:
+                zb = split.block(lo, hi, W3T, Z[: hi - lo])
+                bptr, bids, bval = S.extract_bf16(zb, above, c_abs, c_rel)
             if fill + bids.size > ids.size:  # grow to the count extrapolated from the rows so far
                 cap = max(fill + bids.size, int(1.1 * (fill + bids.size) * self.n / hi) + 1024)
                 ids = np.concatenate([ids[:fill], np.empty(cap - fill, dtype=np.int32)])
@@ -305,7 +347,8 @@ class CertifiedEngine(Engine):
     @property
     def nbytes(self) -> int:
         own = [*self.index, self.W_ref, self._Wh, *(self._by_neuron or ())]
-        return sum(a.nbytes for a in own) + sum(a.nbytes for a in self._scratch.values())
+        split = self._split.nbytes if self._split is not None else 0
+        return sum(a.nbytes for a in own) + sum(a.nbytes for a in self._scratch.values()) + split
 
     # --- the step -------------------------------------------------------------------------
     def detect(self, rows):
