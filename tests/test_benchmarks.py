@@ -47,6 +47,18 @@ def test_quick_benchmark_is_exact(results, name):
     assert EXACTNESS[name](report)
 
 
+def test_epochs_passes_engine_options(tmp_path, capsys):
+    """``--engine-opt`` reaches corrtree's engine (certified) and is recorded; a wrong option
+    is refused by name before anything runs."""
+    out = tmp_path / "epochs.json"
+    assert cli(["bench", "epochs", "--quick", "--engine-opt", "slack=0.3", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["engine_options"] == {"slack": 0.3} and r["corrtree"]["engine"] == "certified"
+    with pytest.raises(SystemExit):
+        cli(["bench", "epochs", "--quick", "--engine-opt", "slak=0.3"])
+    assert "slak" in capsys.readouterr().err
+
+
 def test_gd_report(results):
     report = json.loads((results / "gd.json").read_text())
     methods = [r["method"] for r in report["results"]]

@@ -296,7 +296,9 @@ class CertifiedEngine(Engine):
     def _candidates(self, b_low, W=None) -> S.Pairs:
         """All pairs with <w_r, x_i> > b_low, point-major, from one blocked pass of X W^T
         (each block's correlations computed once, its candidates appended). ``W``: these
-        rows instead of the network's (ids are then positions in ``W``)."""
+        rows instead of the network's (ids are then positions in ``W``). On bfloat16 units
+        (``index_bf16``) the values are upper bounds of the correlations and the pairs those
+        whose bound passes b_low (a few percent more)."""
         net = self.net
         W = net.W if W is None else W
         k = max(1, W.shape[0])
