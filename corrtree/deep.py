@@ -275,15 +275,17 @@ def reference_step(net: ShiftedReLUMLP, X, Y, lr: float, rows=None) -> float:
 
 # Layer-1 engines whose index follows weights written from outside (maintain(moved) reads
 # the current rows): the deep engine writes W_1 itself.
-LAYER1_ENGINES = ("dense", "dtree", "wtree", "halfspace")
+LAYER1_ENGINES = ("dense", "certified", "dtree", "wtree", "halfspace")
 
 
 class DeepEngine:  # the training loop's stepper for deep networks
     """Exact sparse training of a ``ShiftedReLUMLP`` (see the module docstring).
 
     ``layer1``: the engine that finds layer 1's firing pairs ("auto": dense, one BLAS
-    product, which beats any index while the later layers dominate the cost; or dtree,
-    wtree, halfspace).
+    product, which beats any index while the later layers dominate the cost; or certified,
+    dtree, wtree, halfspace). certified also writes W_1 (its drift certificates are kept in
+    the same pass, ``CertifiedEngine.descend``), and lists its hot neurons' pairs on every
+    batch (no hot BLAS block, whose gradient needs the network's residuals).
     """
 
     def __init__(
@@ -313,6 +315,8 @@ class DeepEngine:  # the training loop's stepper for deep networks
             net.thresholds[0],
             scale=net.scale,
         )
+        if cls.name == "certified":
+            options = {**(options or {}), "blas_gradient": math.inf}
         self.first = cls(first, X, options, max_memory=max_memory)
         # forward multiply-adds done, and the floor: firing units times their input's
         # nonzeros (d for layer 1), summed over points and layers
@@ -320,6 +324,8 @@ class DeepEngine:  # the training loop's stepper for deep networks
 
     def _layer1_pairs(self, firing):
         """Neuron-major (col_ptr, batch rows, z values) of layer 1's firing pairs."""
+        if hasattr(firing, "found"):  # certified: listed neuron-major already
+            return firing.found
         if hasattr(firing, "ptr"):  # point-major pairs of the sparse engines
             return S.transpose(firing.ptr, firing.idx, firing.val, self.net.widths[0])
         H = firing.H
@@ -376,9 +382,12 @@ class DeepEngine:  # the training loop's stepper for deep networks
             K.coefficients(lo_ptr, lo_rows, net.Wt[l], dptr, didx, dval, coef)
             K.outer_update(lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t)
         col_ptr, prow, _ = pairs[0]
-        Xb = self.X if rows is None else self.X[rows]
-        K.rows_gradient_step(col_ptr, prow, coef, Xb, net.W1, lr_t)
-        moved = np.flatnonzero(np.diff(col_ptr))
+        if self.first.name == "certified":  # it writes W_1 and its drift in one pass
+            moved = self.first.descend(firing, coef, lr)
+        else:
+            Xb = self.X if rows is None else self.X[rows]
+            K.rows_gradient_step(col_ptr, prow, coef, Xb, net.W1, lr_t)
+            moved = np.flatnonzero(np.diff(col_ptr))
         t3 = time.perf_counter()
         self.first.maintain(moved)
         t4 = time.perf_counter()

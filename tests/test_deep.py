@@ -18,7 +18,7 @@ def _copy(net):
     return ShiftedReLUMLP.from_state({k: np.copy(v) for k, v in net.state_dict().items()})
 
 
-def _check_every_step(net, X, Y, steps=5, lr=0.05, batch=None, engine="auto"):
+def _check_every_step(net, X, Y, steps=5, lr=0.05, batch=None, engine="auto", options=None):
     ref = _copy(net)
     losses = []
     ref_losses = []
@@ -32,7 +32,17 @@ def _check_every_step(net, X, Y, steps=5, lr=0.05, batch=None, engine="auto"):
                 net.weights(l), ref.weights(l), rtol=1e-9, atol=1e-12, err_msg=f"layer {l}"
             )
 
-    hist = ct.train(net, X, Y, steps=steps, lr=lr, batch_size=batch, engine=engine, callback=check)
+    hist = ct.train(
+        net,
+        X,
+        Y,
+        steps=steps,
+        lr=lr,
+        batch_size=batch,
+        engine=engine,
+        engine_options=options,
+        callback=check,
+    )
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-9)
     return hist
 
@@ -51,6 +61,30 @@ def test_sparse_engine_equals_dense_reference(rng, widths, batch):
 def test_tree_engines_find_layer_one(rng, engine):
     X, Y = _data(rng)
     _check_every_step(ShiftedReLUMLP(12, (40, 30), n_outputs=3, seed=5), X, Y, engine=engine)
+
+
+@pytest.mark.parametrize("widths", [(40,), (40, 30), (40, 30, 24)])
+@pytest.mark.parametrize("batch", [None, 16])
+def test_certified_finds_and_updates_layer_one(rng, widths, batch):
+    """certified as layer 1's engine writes W_1 from the coefficients back-propagated from
+    above, with its drift certificates in the same pass; a small slack makes neurons turn hot
+    and get re-referenced, and every layer still equals the dense reference after every
+    step."""
+    X, Y = _data(rng)
+    net = ShiftedReLUMLP(12, widths, n_outputs=3, seed=4)
+    options = {"slack": 0.05, "rebuild_after": 0.05, "lazy": batch is not None}
+    hist = _check_every_step(
+        net,
+        X,
+        Y,
+        steps=12 if batch is None else 60,
+        lr=0.1,
+        batch=batch,
+        engine="certified",
+        options=options,
+    )
+    assert hist.engine == "deep[certified]" or (len(widths) == 1 and hist.engine == "certified")
+    assert hist.stats["hot_checks"] > 0 and hist.stats["rereferenced"] + hist.stats["rebuilds"] > 1
 
 
 def test_nothing_and_everything_firing(rng):
@@ -140,7 +174,7 @@ def test_state_roundtrip_and_errors(rng, tmp_path):
     with pytest.raises(ValueError, match="W_2 has 7 columns but layer 1 has 20"):
         ShiftedReLUMLP.from_weights([np.ones((20, 12)), np.ones((5, 7))], np.ones(5))
     with pytest.raises(ValueError, match="cannot find a deep network's first-layer pairs"):
-        DeepEngine(net, X, "certified")
+        DeepEngine(net, X, "lsh")
     with pytest.raises(ValueError, match="features"):
         net.predict(np.ones((3, 5)))
 

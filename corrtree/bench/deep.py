@@ -4,7 +4,8 @@ Fashion-MNIST (all 60000 training images, unit norm, one-hot 10 outputs), SGD wi
 float32, lr = 2 / (B p L) (``auto_lr``), from the same initial weights and the same batches,
 all methods in one process:
 
-- ``corrtree``: ``DeepEngine`` (layer 1 found by the dense engine; later layers from the
+- ``corrtree``: ``DeepEngine`` (layer 1 found by ``--layer1``, the dense engine by default;
+  later layers from the
   sparse inputs, back-propagation over firing units only), every step run and timed;
 - ``torch-dense``: the same network and step written tight in PyTorch (preallocated
   buffers, in-place masks, ``out=`` products; the manual gradient is what autograd computes,
@@ -35,6 +36,7 @@ import numpy as np
 
 from corrtree.bench._common import header, parse, parser, save
 from corrtree.datasets import load_dataset
+from corrtree.deep import LAYER1_ENGINES
 from corrtree.model import default_threshold
 from corrtree.train import auto_lr
 
@@ -101,7 +103,7 @@ def torch_steps(kind, net, X, Y, batches, lr, threads):
     return float(np.mean(times)), kept
 
 
-def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0):
+def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0, layer1="auto"):
     import corrtree as ct
     from corrtree.deep import ShiftedReLUMLP
     from corrtree.train import batch_schedule
@@ -142,7 +144,16 @@ def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0):
 
     t0 = time.perf_counter()
     hist = ct.train(
-        net, X, Y, steps=steps, lr=lr, batch_size=B, seed=seed, threads=threads, callback=after
+        net,
+        X,
+        Y,
+        steps=steps,
+        lr=lr,
+        batch_size=B,
+        seed=seed,
+        threads=threads,
+        engine=layer1,
+        callback=after,
     )
     wall = time.perf_counter() - t0 - sum(epoch_end)
     per_step = [sum(s) for s in zip(*hist.seconds.values(), strict=True)]
@@ -175,6 +186,12 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sample", type=int, default=10, help="PyTorch steps timed (default 10)")
+    p.add_argument(
+        "--layer1",
+        default="auto",
+        choices=("auto", *LAYER1_ENGINES),
+        help="the engine that finds layer 1's firing pairs (default auto: dense)",
+    )
     args = parse(p, argv)
     if args.quick:
         data = load_dataset("digits")
@@ -200,7 +217,20 @@ def main(argv=None) -> dict:
         print(f"widths {widths}: {epochs} epochs")
         B = 32 if args.quick else 256
         lr = auto_lr(X.shape[0], B, default_threshold(widths[0]), len(widths))
-        r = run(widths, epochs, sample, args.threads, X, Y, Xtest, ytest, lr, args.quick, args.seed)
+        r = run(
+            widths,
+            epochs,
+            sample,
+            args.threads,
+            X,
+            Y,
+            Xtest,
+            ytest,
+            lr,
+            args.quick,
+            args.seed,
+            args.layer1,
+        )
         r["lr"] = lr
         c = r["corrtree"]
         print(

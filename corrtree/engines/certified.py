@@ -412,22 +412,36 @@ class CertifiedEngine(Engine):
         return F
 
     def backward(self, firing, E, lr):
+        nptr, frows, _ = firing.found
+        coef = np.empty(frows.size, dtype=self.net.dtype)
+        S.neuron_coefficients(nptr, frows, self.net.A, E, self.scale, coef)
+        hot_coef = None
+        if firing.blas:
+            # The hot neurons fire densely enough that one BLAS product over the batch beats
+            # gathering their pairs: their gradient is C_hot @ X_batch.
+            hot_coef = self._buffer("Chot", (self.hot_ids.size, firing.rows.size))
+            S.hot_coefficient_matrix(
+                firing.Zhot, self.b, self.net.A, self.hot_ids, E, self.scale, hot_coef
+            )
+        return self.descend(firing, coef, lr, hot_coef)
+
+    def descend(self, firing, coef, lr, hot_coef=None):
+        """The update from the gradient's coefficient at each firing pair (``coef``, in the
+        order of ``firing.found``; ``hot_coef``: the hot block's, when ``firing.blas``):
+        w_r -= lr * sum of coef * x over r's pairs, each moved row's drift written in the same
+        pass. ``backward`` computes the coefficients from the residuals; a deep network's
+        layer 1 gets them from the layers above. Returns the moved neurons."""
         net = self.net
         rows = firing.rows
         nptr, frows, _ = firing.found
-        coef = np.empty(frows.size, dtype=net.dtype)
-        S.neuron_coefficients(nptr, frows, net.A, E, self.scale, coef)
+        if firing.blas and hot_coef is None:
+            raise ValueError("the hot block's pairs were not listed: hot_coef is needed")
         neurons = np.flatnonzero(np.diff(nptr))
         lr = net.dtype.type(lr)
         nh = self.hot_ids.size
         moved = neurons
         if firing.blas:
-            # The hot neurons fire densely enough that one BLAS product over the batch beats
-            # gathering their pairs: their gradient is C_hot @ X_batch.
-            Xb = firing.Xb
-            C = self._buffer("Chot", (nh, rows.size))
-            S.hot_coefficient_matrix(firing.Zhot, self.b, net.A, self.hot_ids, E, self.scale, C)
-            G = matmul(C, Xb, out=self._buffer("Ghot", (nh, net.d)))
+            G = matmul(hot_coef, firing.Xb, out=self._buffer("Ghot", (nh, net.d)))
             S.subtract_rows(net.W, self.hot_ids, G, lr, self._Wh)
             moved = np.union1d(neurons, self.hot_ids[firing.hot_fired > 0])
         # Update fused with maintenance: each moved row is read and written once, its drift
