@@ -4,9 +4,9 @@ Fashion-MNIST (all 60000 training images, unit norm, one-hot 10 outputs), SGD wi
 float32, lr = 2 / (B p L) (``auto_lr``), from the same initial weights and the same batches,
 all methods in one process:
 
-- ``corrtree``: ``DeepEngine`` (layer 1 found by ``--layer1``, the dense engine by default;
-  later layers from the
-  sparse inputs, back-propagation over firing units only), every step run and timed;
+- ``corrtree``: ``DeepEngine`` (layer 1 found by ``--layer1``, by default ``auto``: certified
+  at these sizes; later layers from the sparse inputs, back-propagation over firing units
+  only), every step run and timed;
 - ``torch-dense``: the same network and step written tight in PyTorch (preallocated
   buffers, in-place masks, ``out=`` products; the manual gradient is what autograd computes,
   without its graph);
@@ -190,7 +190,8 @@ def main(argv=None) -> dict:
         "--layer1",
         default="auto",
         choices=("auto", *LAYER1_ENGINES),
-        help="the engine that finds layer 1's firing pairs (default auto: dense)",
+        help="the engine that finds layer 1's firing pairs (default auto: dense for small "
+        "problems, else certified)",
     )
     args = parse(p, argv)
     if args.quick:
