@@ -273,8 +273,9 @@ def reference_step(net: ShiftedReLUMLP, X, Y, lr: float, rows=None) -> float:
     return loss
 
 
-# Layer-1 engines whose index follows weights written from outside (maintain(moved) reads
-# the current rows): the deep engine writes W_1 itself.
+# Layer-1 engines: dense and the trees follow W_1 as the deep engine writes it (their
+# maintain(moved) reads the current rows); certified writes W_1 itself (``descend``), from
+# the coefficients the deep engine back-propagates.
 LAYER1_ENGINES = ("dense", "certified", "dtree", "wtree", "halfspace")
 
 
