@@ -167,38 +167,19 @@ def extract_candidates(Z, b_low):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def extract_bf16(Z, above, c_abs, c_rel):
-    """``extract_candidates`` for a block of bfloat16 correlations given as their int16 bit
-    patterns (``corrtree._bf16``): the entries whose pattern is greater than ``above`` (the
-    pattern of a positive number, so integer order is float order), each stored as the upper
-    bound z + c_abs + c_rel |z| of the inner product it approximates, rounded up to float32."""
-    R, M = Z.shape
-    ptr = np.zeros(R + 1, dtype=np.int64)
-    for k in prange(R):
-        row = Z[k]
-        c = 0
-        for r in range(M):
-            if row[r] > above:
-                c += 1
-        ptr[k + 1] = c
-    for k in range(R):
-        ptr[k + 1] += ptr[k]
-    ids = np.empty(ptr[R], dtype=np.int32)
-    bits = np.empty(ptr[R], dtype=np.uint32)
-    for k in prange(R):
-        row = Z[k]
-        p = ptr[k]
-        for r in range(M):
-            if row[r] > above:
-                ids[p] = r
-                bits[p] = np.uint32(np.uint16(row[r])) << np.uint32(16)
-                p += 1
-    vals = bits.view(np.float32)
+def bf16_upper_bounds(bits, c_abs, c_rel):
+    """bfloat16 correlations z given as their int16 bit patterns (``corrtree._bf16``) ->
+    the upper bounds z + c_abs + c_rel |z| of the inner products they approximate, rounded
+    up to float32."""
+    raw = np.empty(bits.shape[0], dtype=np.uint32)
+    for q in prange(bits.shape[0]):
+        raw[q] = np.uint32(np.uint16(bits[q])) << np.uint32(16)
+    vals = raw.view(np.float32)
     for q in prange(vals.shape[0]):
         v = np.float64(vals[q])
         v += c_abs + c_rel * abs(v)
         vals[q] = np.float32(v + 2.0**-22 * abs(v))  # float32 rounding stays above v
-    return ptr, ids, vals
+    return vals
 
 
 @njit(parallel=True, nogil=True, cache=True)

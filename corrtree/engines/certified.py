@@ -272,15 +272,9 @@ class CertifiedEngine(Engine):
         """Store the candidates of newly indexed ``points`` (point-major CSR over them)."""
         lo, hi, all_ids, all_val = self.index
         fill = self._stored + ids.size
-        if fill > all_ids.size:  # grow to the count extrapolated from the points so far
-            done = self._n_indexed + points.size
-            cap = max(fill, int(1.1 * fill * self.n / done) + 1024)
-            all_ids = np.concatenate(
-                [all_ids[: self._stored], np.empty(cap - self._stored, np.int32)]
-            )
-            all_val = np.concatenate(
-                [all_val[: self._stored], np.empty(cap - self._stored, all_val.dtype)]
-            )
+        scale = self.n / (self._n_indexed + points.size)
+        all_ids = _room(all_ids, self._stored, fill, scale)
+        all_val = _room(all_val, self._stored, fill, scale)
         all_ids[self._stored : fill] = ids
         all_val[self._stored : fill] = val
         lo[points] = self._stored + ptr[:-1]
@@ -326,12 +320,12 @@ class CertifiedEngine(Engine):
                 zb = matmul(self.X[lo:hi], W.T, out=Z[: hi - lo])
                 bptr, bids, bval = S.extract_candidates(zb, b_low)
             else:
+                # the bit patterns of positive bfloat16 numbers order as the numbers do
                 zb = split.block(lo, hi, W3T, Z[: hi - lo])
-                bptr, bids, bval = S.extract_bf16(zb, above, c_abs, c_rel)
-            if fill + bids.size > ids.size:  # grow to the count extrapolated from the rows so far
-                cap = max(fill + bids.size, int(1.1 * (fill + bids.size) * self.n / hi) + 1024)
-                ids = np.concatenate([ids[:fill], np.empty(cap - fill, dtype=np.int32)])
-                val = np.concatenate([val[:fill], np.empty(cap - fill, dtype=net.dtype)])
+                bptr, bids, bbits = S.extract_candidates(zb, above)
+                bval = S.bf16_upper_bounds(bbits, c_abs, c_rel)
+            ids = _room(ids, fill, fill + bids.size, self.n / hi)
+            val = _room(val, fill, fill + bids.size, self.n / hi)
             ids[fill : fill + bids.size] = bids
             val[fill : fill + bids.size] = bval
             ptr[lo + 1 : hi + 1] = fill + bptr[1:]
@@ -593,6 +587,15 @@ class CertifiedEngine(Engine):
             f"CertifiedEngine(n={self.n}, m={self.m}, slack={self.slack}, "
             f"candidates={self.candidates}, {fmt_bytes(self.nbytes)})"
         )
+
+
+def _room(a, keep, need, scale):
+    """``a`` if it holds ``need`` entries, else a larger copy of its first ``keep``: sized for
+    ``need`` extrapolated by ``scale`` (the points not done yet), 10% over."""
+    if need <= a.size:
+        return a
+    cap = max(need, int(1.1 * need * scale) + 1024)
+    return np.concatenate([a[:keep], np.empty(cap - keep, dtype=a.dtype)])
 
 
 def _round_down(t, dtype):
