@@ -260,7 +260,7 @@ def dot(w, x):
     """<w, x>, accumulated in w's dtype. Reassociation lets LLVM vectorise the sum, as BLAS
     does; no other fast-math assumption (NaN, inf, signed zeros) is made, and every
     comparison against a threshold happens outside this function."""
-    s = w[0] * 0
+    s = w.dtype.type(0)
     for j in range(w.shape[0]):
         s += w[j] * x[j]
     return s
@@ -305,7 +305,7 @@ def rows_dots(w, X, rows, brows, lo, hi, vals):
         x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
         x4, x5 = X[rows[brows[q + 4]]], X[rows[brows[q + 5]]]
         x6, x7 = X[rows[brows[q + 6]]], X[rows[brows[q + 7]]]
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = w[0] * 0
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = w.dtype.type(0)
         for j in range(w.shape[0]):
             s0 += w[j] * x0[j]
             s1 += w[j] * x1[j]
@@ -321,7 +321,7 @@ def rows_dots(w, X, rows, brows, lo, hi, vals):
     while q + 4 <= hi:
         x0, x1 = X[rows[brows[q]]], X[rows[brows[q + 1]]]
         x2, x3 = X[rows[brows[q + 2]]], X[rows[brows[q + 3]]]
-        s0 = s1 = s2 = s3 = w[0] * 0
+        s0 = s1 = s2 = s3 = w.dtype.type(0)
         for j in range(w.shape[0]):
             s0 += w[j] * x0[j]
             s1 += w[j] * x1[j]
