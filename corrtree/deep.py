@@ -380,8 +380,9 @@ class DeepEngine:  # the training loop's stepper for deep networks
             dptr, didx, dval = S.transpose(up_ptr, up_rows, coef, B)  # point-major delta^l
             lo_ptr, lo_rows, lo_z = pairs[l - 2]
             coef = np.empty(lo_rows.size, dtype=dt)
-            K.coefficients(lo_ptr, lo_rows, net.Wt[l], dptr, didx, dval, coef)
-            K.outer_update(lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t)
+            K.backprop_update(
+                lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t, coef
+            )
         col_ptr, prow, _ = pairs[0]
         if self.first.name == "certified":  # it writes W_1 and its drift in one pass
             moved = self.first.descend(firing, coef, lr)

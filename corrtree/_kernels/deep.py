@@ -62,10 +62,18 @@ def spmm(col_ptr, rows, vals, b, Wt, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def coefficients(col_ptr, rows, Wt, dptr, didx, dval, out):
-    """out[q] = sum over units j firing on row i of Wt[k, j] * delta[i, j], for each firing
-    pair q = (k, i) of the lower layer: the back-propagated error, over firing units only
-    (delta is point-major CSR). Work: pairs times firing units above."""
+def backprop_update(col_ptr, rows, vals, b, Wt, dptr, didx, dval, lr, out):
+    """One pass over the weight row of each unit k of the lower layer, for its firing pairs
+    q = (k, i) (neuron-major: ``col_ptr``, batch ``rows``, pre-activations ``vals``):
+
+    1. out[q] = sum over units j firing on row i of Wt[k, j] * delta[i, j], the error
+       back-propagated to the pair, from the row as it was (delta is point-major CSR);
+    2. Wt[k, j] -= lr * sum over rows i of (vals - b) * delta[i, j], the layer's gradient,
+       an outer product of two sparse vectors per row, rows added in batch order (the result
+       does not depend on the thread count).
+
+    Work: pairs times firing units above, twice. Both parts touch the same entries of row k,
+    so the second finds them in cache: one pass over the weights, not two."""
     m_in = Wt.shape[0]
     for k in prange(m_in):
         w = Wt[k]
@@ -75,17 +83,6 @@ def coefficients(col_ptr, rows, Wt, dptr, didx, dval, out):
             for p in range(dptr[i], dptr[i + 1]):
                 s += w[didx[p]] * dval[p]
             out[q] = s
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def outer_update(col_ptr, rows, vals, b, Wt, dptr, didx, dval, lr):
-    """Wt[k, j] -= lr * sum over rows i of (vals - b) * delta[i, j]: the layer's gradient, an
-    outer product of two sparse vectors per row, over its firing pairs only. Rows of each
-    unit are added in the order given (batch order), so the result does not depend on the
-    thread count."""
-    m_in = Wt.shape[0]
-    for k in prange(m_in):
-        w = Wt[k]
         for q in range(col_ptr[k], col_ptr[k + 1]):
             i = rows[q]
             c = lr * (vals[q] - b)
