@@ -264,7 +264,7 @@ def main(argv=None):
             written += epochs(r, args.out_dir, stem)
         elif name in NAMED:
             written += NAMED[name](r, args.out_dir, stem)
-        elif name == "ab_revision":
+        elif str(name).startswith("ab_"):  # side-by-side option and kernel comparisons: tables only
             continue
         else:
             print(f"{fname}: not a benchmark report, skipped", file=sys.stderr)
