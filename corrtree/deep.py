@@ -316,7 +316,7 @@ class DeepEngine:  # the training loop's stepper for deep networks
             net.thresholds[0],
             scale=net.scale,
         )
-        if cls.name == "certified":
+        if hasattr(cls, "descend"):  # it writes W_1: its hot block's pairs must be listed
             options = {**(options or {}), "blas_gradient": math.inf}
         self.first = cls(first, X, options, max_memory=max_memory)
         # forward multiply-adds done, and the floor: firing units times their input's
@@ -384,7 +384,7 @@ class DeepEngine:  # the training loop's stepper for deep networks
                 lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t, coef
             )
         col_ptr, prow, _ = pairs[0]
-        if self.first.name == "certified":  # it writes W_1 and its drift in one pass
+        if hasattr(self.first, "descend"):  # it writes W_1 and its drift in one pass
             moved = self.first.descend(firing, coef, lr)
         else:
             Xb = self.X if rows is None else self.X[rows]
