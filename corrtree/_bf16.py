@@ -100,11 +100,11 @@ class SplitProduct:
         return self.X3.numel() * 2
 
     @staticmethod
-    def buffer(rows: int, k: int):
-        """An output block for ``block``: rows x k bfloat16."""
+    def buffer(size: int):
+        """Flat bfloat16 storage for ``block``'s outputs (a block is a reshaped prefix)."""
         import torch
 
-        return torch.empty((rows, k), dtype=torch.bfloat16)
+        return torch.empty(size, dtype=torch.bfloat16)
 
     @staticmethod
     def weights(W: np.ndarray):

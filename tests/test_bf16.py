@@ -32,7 +32,7 @@ def test_split_product_stays_within_its_bound(scale, d, rng):
     W[:3] *= 1e-4  # tiny rows beside large ones
     split = _bf16.SplitProduct(X)
     W3T = split.weights(W)
-    bits = split.block(0, 300, W3T, split.buffer(300, 200)).copy()
+    bits = split.block(0, 300, W3T, split.buffer(300 * 200).reshape(300, 200)).copy()
     Z = X.astype(np.float64) @ W.astype(np.float64).T
     xmax = np.linalg.norm(X.astype(np.float64), axis=1).max()
     wmax = np.linalg.norm(W.astype(np.float64), axis=1).max()
@@ -42,7 +42,7 @@ def test_split_product_stays_within_its_bound(scale, d, rng):
     assert (err <= c_abs + c_rel * np.abs(z)).all()
     assert 0 < err.max() and c_abs < 2**-8 * xmax * wmax / 10
     with split_products(2):
-        z2 = as_float(split.block(0, 300, W3T, split.buffer(300, 200)))
+        z2 = as_float(split.block(0, 300, W3T, split.buffer(300 * 200).reshape(300, 200)))
     assert (np.abs(Z - z2) <= c_abs + c_rel * np.abs(z2)).all()
 
 
@@ -60,17 +60,28 @@ def test_threshold_bits_is_the_integer_form_of_the_bound_test():
     assert _bf16.threshold_bits(0.1, 0.2, 2**-7) is None  # no positive threshold: BLAS
 
 
-def test_certified_on_bf16_index_follows_dense_and_its_index_is_sound(rng):
+@pytest.mark.parametrize("block_bytes", [128 << 20, 2048])
+def test_certified_on_bf16_index_follows_dense_and_its_index_is_sound(block_bytes, rng):
     """float32 training with the index passes on bfloat16 units (a rebuild and many
     re-references) follows dense float32 after every step, full and mini batches; at the
     end every pair of a neuron that is not hot whose float64 reference correlation clears
-    b - slack - margin is stored, with a value that bounds it from above."""
+    b - slack - margin is stored, with a value that bounds it from above. With 2048-byte
+    blocks each pass runs over chunks of 17 neurons, joined per point."""
     X = unit_rows(rng, 60, 6).astype(np.float32)
     y = (3 * rng.standard_normal((60, 1))).astype(np.float32)
     ref = ct.ShiftedReLUNet(6, 400, seed=5, dtype=np.float32)
     net = ct.ShiftedReLUNet(6, 400, seed=5, dtype=np.float32)
     dense = Stepper("dense", ref, X, y)
-    eng = Stepper("certified", net, X, y, slack=0.05, rebuild_after=0.2, index_bf16=True)
+    eng = Stepper(
+        "certified",
+        net,
+        X,
+        y,
+        slack=0.05,
+        rebuild_after=0.2,
+        index_bf16=True,
+        block_bytes=block_bytes,
+    )
     e = eng.engine
     assert e._split is not None  # the rebuild ran on the split product
     plan = [None, *batch_schedule(60, 10, 30, seed=1), None]

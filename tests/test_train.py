@@ -364,17 +364,21 @@ def test_certified_scratch_stays_bounded_over_many_epochs(rng):
     assert sizes[1] <= 1.5 * sizes[0], sizes
 
 
-def test_certified_rereferenced_index_is_complete(rng):
+@pytest.mark.parametrize("block_bytes", [128 << 20, 2048])
+def test_certified_rereferenced_index_is_complete(block_bytes, rng):
     """After neurons are re-referenced one group at a time, the index is what a rebuild at
     each neuron's own reference would hold: every pair of a neuron that is not hot whose
     reference correlation (float64) clears b - slack with room for rounding is stored, with
-    that correlation, and no stored pair belongs to an older reference."""
+    that correlation, and no stored pair belongs to an older reference. With 2048-byte
+    blocks each index pass runs over chunks of 4 neurons, joined per point."""
     X = unit_rows(rng, 60, 6)
     y = 3 * rng.standard_normal((60, 1))
     ref = ct.ShiftedReLUNet(6, 400, seed=5)
     net = ct.ShiftedReLUNet(6, 400, seed=5)
     dense = Stepper("dense", ref, X, y)
-    eng = Stepper("certified", net, X, y, slack=0.05, rebuild_after=0.2, lazy=False)
+    eng = Stepper(
+        "certified", net, X, y, slack=0.05, rebuild_after=0.2, lazy=False, block_bytes=block_bytes
+    )
     for rows in batch_schedule(60, 10, 30, seed=1):
         assert eng.step(1.0, rows).fired_pairs == dense.step(1.0, rows).fired_pairs
     np.testing.assert_allclose(net.W, ref.W, rtol=1e-9, atol=1e-12)

@@ -167,6 +167,30 @@ def extract_candidates(Z, b_low):
 
 
 @njit(parallel=True, nogil=True, cache=True)
+def join_chunks(ptrs, starts, first, ids, vals):
+    """Point-major CSR of a block of points from its chunks of neurons: chunk j's pairs are
+    ``ids[starts[j] + ptrs[j, i] : starts[j] + ptrs[j, i + 1]]`` for point i, numbered from
+    its first neuron ``first[j]``. Each point's neurons stay in increasing order."""
+    C, R = ptrs.shape[0], ptrs.shape[1] - 1
+    ptr = np.zeros(R + 1, dtype=np.int64)
+    for i in range(R):
+        c = 0
+        for j in range(C):
+            c += ptrs[j, i + 1] - ptrs[j, i]
+        ptr[i + 1] = ptr[i] + c
+    out_ids = np.empty(ptr[R], dtype=np.int32)
+    out_vals = np.empty(ptr[R], dtype=vals.dtype)
+    for i in prange(R):
+        q = ptr[i]
+        for j in range(C):
+            for t in range(starts[j] + ptrs[j, i], starts[j] + ptrs[j, i + 1]):
+                out_ids[q] = ids[t] + first[j]
+                out_vals[q] = vals[t]
+                q += 1
+    return ptr, out_ids, out_vals
+
+
+@njit(parallel=True, nogil=True, cache=True)
 def bf16_upper_bounds(bits, c_abs, c_rel):
     """bfloat16 correlations z given as their int16 bit patterns (``corrtree._bf16``) ->
     the upper bounds z + c_abs + c_rel |z| of the inner products they approximate, rounded

@@ -53,7 +53,8 @@ class CertifiedOptions(Options):
     firing pairs fill more than this fraction of (hot neuron, batch row) pairs. None: 0.1 on
     batches of 1024 rows or more, never on smaller ones, whose rows stay in cache and are
     gathered faster (measured on Fashion-MNIST: docs/engines.md).
-    ``block_bytes``: size of the correlation blocks X W^T of a rebuild.
+    ``block_bytes``: size of the correlation blocks X W^T of an index pass (at least 1024
+    points each, over chunks of neurons when all of them do not fit).
     ``rereference``: ``"neuron"`` re-references hot neurons one by one as they come due (in
     groups); ``"rebuild"`` rebuilds the whole index instead.
     ``lazy``: index each point at its first visit (one BLAS product of its batch with all
@@ -305,25 +306,27 @@ class CertifiedEngine(Engine):
                     self._split = _bf16.SplitProduct(self.X)
                 split, W3T = self._split, _bf16.SplitProduct.weights(W)
         item = 2 if split is not None else net.dtype.itemsize
-        block = max(1, min(self.n, self.options.block_bytes // (k * item)))
-        if split is None:
-            Z = np.empty((block, W.shape[0]), dtype=net.dtype)
-        else:
-            Z = split.buffer(block, W.shape[0])
+        P, kb = _block_shape(self.n, k, item, self.options.block_bytes)
+        Z = np.empty(P * kb, dtype=net.dtype) if split is None else split.buffer(P * kb)
         ptr = np.zeros(self.n + 1, dtype=np.int64)
         ids = np.empty(0, dtype=np.int32)
         val = np.empty(0, dtype=net.dtype)
         fill = 0
-        for lo in range(0, self.n, block):
-            hi = min(self.n, lo + block)
-            if split is None:
-                zb = matmul(self.X[lo:hi], W.T, out=Z[: hi - lo])
-                bptr, bids, bval = S.extract_candidates(zb, b_low)
-            else:
-                # the bit patterns of positive bfloat16 numbers order as the numbers do
-                zb = split.block(lo, hi, W3T, Z[: hi - lo])
-                bptr, bids, bbits = S.extract_candidates(zb, above)
-                bval = S.bf16_upper_bounds(bbits, c_abs, c_rel)
+        for lo in range(0, self.n, P):
+            hi = min(self.n, lo + P)
+            parts = []  # point-major candidates of each chunk of neurons
+            for c0 in range(0, k, kb):
+                c1 = min(k, c0 + kb)
+                zb = Z[: (hi - lo) * (c1 - c0)].reshape(hi - lo, c1 - c0)
+                if split is None:
+                    zb = matmul(self.X[lo:hi], W[c0:c1].T, out=zb)
+                    parts.append((*S.extract_candidates(zb, b_low), c0))
+                else:
+                    # the bit patterns of positive bfloat16 numbers order as the numbers do
+                    zb = split.block(lo, hi, W3T[:, c0:c1], zb)
+                    bptr, bids, bbits = S.extract_candidates(zb, above)
+                    parts.append((bptr, bids, S.bf16_upper_bounds(bbits, c_abs, c_rel), c0))
+            bptr, bids, bval = parts[0][:3] if len(parts) == 1 else _join_chunks(parts)
             ids = _room(ids, fill, fill + bids.size, self.n / hi)
             val = _room(val, fill, fill + bids.size, self.n / hi)
             ids[fill : fill + bids.size] = bids
@@ -587,6 +590,34 @@ class CertifiedEngine(Engine):
             f"CertifiedEngine(n={self.n}, m={self.m}, slack={self.slack}, "
             f"candidates={self.candidates}, {fmt_bytes(self.nbytes)})"
         )
+
+
+_MIN_BLOCK_POINTS = 1024  # rows per product of an index pass: each weight read once per block
+
+
+def _block_shape(n: int, k: int, item: int, block_bytes: int) -> tuple[int, int]:
+    """(points, neurons) of one block of an index pass's correlations within ``block_bytes``:
+    all k neurons when at least ``_MIN_BLOCK_POINTS`` points fit, else that many points (or
+    n) and as many neurons as fit. Fewer points per block would stream all the weights
+    through memory once per handful of points (at m = 2^20, 64 points per block, the pass
+    was bound by that traffic, not by the product)."""
+    P = max(1, min(n, block_bytes // (k * item)))
+    if P >= min(n, _MIN_BLOCK_POINTS):
+        return P, k
+    P = min(n, _MIN_BLOCK_POINTS)
+    return P, max(1, min(k, block_bytes // (P * item)))
+
+
+def _join_chunks(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One point-major CSR from the candidates of consecutive chunks of neurons of a block
+    of points (``parts``: their (ptr, ids within the chunk, values, first neuron))."""
+    ptrs = np.stack([p[0] for p in parts])
+    sizes = np.array([p[1].size for p in parts], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    first = np.array([p[3] for p in parts], dtype=np.int32)
+    ids = np.concatenate([p[1] for p in parts])
+    vals = np.concatenate([p[2] for p in parts])
+    return S.join_chunks(ptrs, starts, first, ids, vals)
 
 
 def _room(a, keep, need, scale):
