@@ -32,33 +32,35 @@ sizes = (
 shapes = {"all neurons per block": 1, "chunks of neurons": certified._MIN_BLOCK_POINTS}
 
 report = {**header("ab_index_blocks", args.threads), "runs": []}
-for n, log_m in sizes:
-    X = load_dataset("fashion-mnist", n=n).X.astype(np.float32)
-    m = 1 << log_m
-    W0, A0 = init_weights(X.shape[1], (0, m), n_outputs=10, seed=args.seed, dtype=np.float32)
-    times = {name: [] for name in shapes}
-    stored = {}
-    for _ in range(args.repeats):
-        for name, min_points in shapes.items():
-            certified._MIN_BLOCK_POINTS = min_points
-            net = ct.ShiftedReLUNet.from_weights(W0, A0)
-            with thread_limit(args.threads):
-                t0 = time.perf_counter()
-                eng = certified.CertifiedEngine(net, X)
-                times[name].append(time.perf_counter() - t0)
-            P, kb = certified._block_shape(
-                n, m, 2 if eng._split is not None else 4, eng.options.block_bytes
+try:
+    for n, log_m in sizes:
+        X = load_dataset("fashion-mnist", n=n).X.astype(np.float32)
+        m = 1 << log_m
+        W0, A0 = init_weights(X.shape[1], (0, m), n_outputs=10, seed=args.seed, dtype=np.float32)
+        times = {name: [] for name in shapes}
+        stored = {}
+        for _ in range(args.repeats):
+            for name, min_points in shapes.items():
+                certified._MIN_BLOCK_POINTS = min_points
+                net = ct.ShiftedReLUNet.from_weights(W0, A0)
+                with thread_limit(args.threads):
+                    t0 = time.perf_counter()
+                    eng = certified.CertifiedEngine(net, X)
+                    times[name].append(time.perf_counter() - t0)
+                P, kb = certified._block_shape(
+                    n, m, 2 if eng._split is not None else 4, eng.options.block_bytes
+                )
+                stored[name] = {"candidates": eng.candidates, "block": [P, kb]}
+                del eng, net
+        run = {"n": n, "m": m, "seconds": times, "index": stored}
+        report["runs"].append(run)
+        print(f"n = {n}, m = 2^{log_m}:")
+        for name, t in times.items():
+            s = stored[name]
+            print(
+                f"  {name:22s} blocks {s['block'][0]} x {s['block'][1]}: "
+                f"{', '.join(f'{x:.1f}' for x in t)} s, {s['candidates']} candidates"
             )
-            stored[name] = {"candidates": eng.candidates, "block": [P, kb]}
-            del eng, net
-    run = {"n": n, "m": m, "seconds": times, "index": stored}
-    report["runs"].append(run)
-    print(f"n = {n}, m = 2^{log_m}:")
-    for name, t in times.items():
-        s = stored[name]
-        print(
-            f"  {name:22s} blocks {s['block'][0]} x {s['block'][1]}: "
-            f"{', '.join(f'{x:.1f}' for x in t)} s, {s['candidates']} candidates"
-        )
-certified._MIN_BLOCK_POINTS = shapes["chunks of neurons"]
+finally:  # the engine's own block shape again
+    certified._MIN_BLOCK_POINTS = shapes["chunks of neurons"]
 save(report, args.out)

@@ -65,7 +65,7 @@ widths = (1024, 1024) if args.quick else tuple(int(w) for w in args.widths.split
 data = load_dataset("fashion-mnist", n=256)
 X = np.ascontiguousarray(data.X, dtype=np.float32)
 net = ShiftedReLUMLP(X.shape[1], widths, n_outputs=10, dtype=np.float32)
-b1, b2 = (np.float32(t) for t in net.thresholds[:2])
+b1 = np.float32(net.thresholds[0])
 ptr, idx, val = K.above(X @ net.W1.T, b1)
 col_ptr, rows, vals = S.transpose(ptr, idx, val, widths[0])
 Wt = net.Wt[2]
@@ -73,16 +73,15 @@ ref = np.empty((X.shape[0], widths[1]), dtype=np.float32)
 K.spmm(col_ptr, rows, vals, b1, Wt, ref)
 
 calls = {"read": lambda: read(Wt), "spmm": lambda: K.spmm(col_ptr, rows, vals, b1, Wt, ref)}
-tiled = {}
 for T in (int(t) for t in args.tiles.split(",")):
     if widths[1] % T:
         continue
-    tiled[T] = np.ascontiguousarray(Wt.reshape(widths[0], widths[1] // T, T).transpose(1, 0, 2))
+    Wtl = np.ascontiguousarray(Wt.reshape(widths[0], widths[1] // T, T).transpose(1, 0, 2))
     out = np.empty_like(ref)
-    spmm_tiled(col_ptr, rows, vals, b1, tiled[T], out)
+    spmm_tiled(col_ptr, rows, vals, b1, Wtl, out)
     if not np.array_equal(out, ref):
         raise AssertionError(f"tiled-{T} differs from spmm")
-    calls[f"tiled-{T}"] = lambda W=tiled[T], out=out: spmm_tiled(col_ptr, rows, vals, b1, W, out)
+    calls[f"tiled-{T}"] = lambda W=Wtl, out=out: spmm_tiled(col_ptr, rows, vals, b1, W, out)
 
 report = {
     **header("ab_spmm", args.threads),

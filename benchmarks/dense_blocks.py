@@ -5,9 +5,9 @@ A neuron with candidates (z > b - slack) on more than 15% of the points is check
 clusters of the data, multiplying it only with those clusters' rows would spare the rest.
 This script measures how much: it clusters the points (k-means, several k), and reports,
 over the dense neurons, the mean share of the points lying in clusters where the neuron has
-at least one candidate (the rows a block product would still multiply), and the fill (the
-candidates among them). Weights at initialisation and after ``--steps`` GD steps of the
-`gd` benchmark's configuration (Fashion-MNIST, first 2000 images, m = 2^17, lr 0.2).
+at least one candidate (the rows a block product would still multiply). Weights at
+initialisation and after ``--steps`` GD steps of the `gd` benchmark's configuration
+(Fashion-MNIST, first 2000 images, m = 2^17, lr 0.2).
 
     python benchmarks/dense_blocks.py --steps 50 --out benchmarks/results/dense_blocks.json
 """
@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans
 import corrtree as ct
 from corrtree.bench._common import header, parse, parser, save
 from corrtree.datasets import load_dataset
+from corrtree.engines.certified import CertifiedOptions
 from corrtree.model import init_weights
 
 p = parser("dense_blocks", __doc__)
@@ -33,11 +34,12 @@ m = 2 ** (10 if args.quick else args.m_log2)
 steps = 2 if args.quick else args.steps
 W0, A0 = init_weights(d, (0, m), seed=0, dtype=np.float32)
 net = ct.ShiftedReLUNet.from_weights(W0, A0)
-slack, dense_fraction = 0.25, 0.15  # certified's defaults
+slack, dense_fraction = CertifiedOptions.slack, CertifiedOptions.dense_fraction  # defaults
 cuts = {
     k: KMeans(k, n_init=1, random_state=0).fit(X).labels_
     for k in map(int, args.clusters.split(","))
 }
+sizes = {k: np.bincount(lab, minlength=k) for k, lab in cuts.items()}
 
 
 def measure(W):
@@ -49,9 +51,8 @@ def measure(W):
         C = C[C.sum(1) > dense_fraction * n]
         n_dense += C.shape[0]
         for k, lab in cuts.items():
-            sizes = np.bincount(lab, minlength=k)
             hit = np.stack([C[:, lab == c].any(1) for c in range(k)], axis=1)
-            need[k].append((hit * sizes).sum(1) / n)
+            need[k].append((hit * sizes[k]).sum(1) / n)
     return n_dense, {k: float(np.concatenate(need[k]).mean()) for k in cuts}
 
 
