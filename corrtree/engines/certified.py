@@ -440,7 +440,11 @@ class CertifiedEngine(Engine):
         if firing.blas:
             G = matmul(hot_coef, firing.Xb, out=self._buffer("Ghot", (nh, net.d)))
             S.subtract_rows(net.W, self.hot_ids, G, lr, self._Wh)
-            moved = np.union1d(neurons, self.hot_ids[firing.hot_fired > 0])
+            # the union as a mask over the neurons: np.union1d sorts, 70 ms at m = 2^19
+            mask = np.zeros(self.m, dtype=np.bool_)
+            mask[neurons] = True
+            mask[self.hot_ids[firing.hot_fired > 0]] = True
+            moved = np.flatnonzero(mask)
         # Update fused with maintenance: each moved row is read and written once, its drift
         # from the reference (or its hot copy) written in the same pass.
         S.neuron_step(
