@@ -1,0 +1,148 @@
+"""Where `certified`'s steps go, term by term, next to the tight dense step timed in the same
+process: the bound on the ratio each term sets.
+
+    python benchmarks/step_terms.py --m-log2 17 --out benchmarks/results/gd_terms_m17.json
+    python benchmarks/step_terms.py --sgd --m-log2 16 --epochs 3 \\
+        --out benchmarks/results/sgd_terms_m16.json
+
+GD: the configuration of ``corrtree bench gd`` (first 2000 Fashion-MNIST images, binary
+labels, lr 0.2), ``--steps`` steps after 3 warm-up steps. SGD (``--sgd``): that of
+``corrtree bench epochs`` (all 60000 images, one-hot 10 outputs, batch 256, lr 400/256),
+``--epochs`` epochs from the index build, re-references included. The steps run under
+cProfile: the BLAS products (``_blas.matmul``: the hot neurons' check and gradient, index
+passes in float32) and the bfloat16 index products (``SplitProduct.block``) are taken by
+their cumulative time, every numba kernel by its own; ``other`` is the rest. Then
+``--dense-steps`` steps of ``torch-tight`` (the tight PyTorch baseline) from the same initial
+weights and batches. A term of t seconds per step caps the ratio to the dense step at
+dense / t, however fast the rest is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+import torch
+
+import corrtree as ct
+from corrtree.bench._common import header, reference_lr, save
+from corrtree.bench._methods import make_method
+from corrtree.bench.gd import load
+from corrtree.datasets import load_dataset
+from corrtree.engines import make_engine
+from corrtree.model import init_weights
+from corrtree.train import batch_schedule, take_step, thread_limit
+
+PRODUCTS = {("_blas.py", "matmul"): "blas", ("_bf16.py", "block"): "bf16 index product"}
+
+
+def term_seconds(profile: cProfile.Profile, steps: int) -> dict[str, float]:
+    """Seconds per step of each product (cumulative) and corrtree kernel (own time), and
+    ``other``: the rest of the profiled time."""
+    stats = pstats.Stats(profile).stats
+    total = max(cum for (_, _, _, cum, _) in stats.values())  # the outermost call
+    terms = dict.fromkeys(PRODUCTS.values(), 0.0)
+    for (path, _, name), (_, _, own, cum, _) in stats.items():
+        product = PRODUCTS.get((path.rsplit("/", 1)[-1], name))
+        if product:
+            terms[product] += cum
+        elif "_kernels" in path:
+            terms[name] = terms.get(name, 0.0) + own
+    terms["other"] = total - sum(terms.values())
+    return {k: v / steps for k, v in sorted(terms.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sgd", action="store_true", help="SGD epochs instead of full-batch GD")
+    p.add_argument("--m-log2", type=int, default=None, help="default 17 (GD), 16 (SGD)")
+    p.add_argument("--steps", type=int, default=20, help="GD steps profiled")
+    p.add_argument("--epochs", type=int, default=3, help="SGD epochs profiled")
+    p.add_argument("--dense-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="m = 2^12, a few steps (a smoke test)")
+    p.add_argument("--out", help="JSON file for the results")
+    args = p.parse_args(argv)
+    if args.m_log2 is None:
+        args.m_log2 = 16 if args.sgd else 17
+    if min(args.steps, args.epochs, args.dense_steps, args.threads) < 1:
+        p.error("--steps, --epochs, --dense-steps and --threads must be >= 1")
+    if args.sgd:
+        data = load_dataset("fashion-mnist", n=2560 if args.quick else None)
+        X = data.X.astype(np.float32)
+        Y = np.zeros((X.shape[0], 10), dtype=np.float32)
+        Y[np.arange(X.shape[0]), data.labels] = 1
+        lr, per_epoch = reference_lr(256), -(-X.shape[0] // 256)
+        batches = list(batch_schedule(X.shape[0], 256, args.epochs * per_epoch, args.seed))
+        warm = 0  # every step counts: the first epoch is part of what users wait for
+    else:
+        _, X, y = load(False)
+        X = X.astype(np.float32)
+        Y = y.reshape(len(y), -1).astype(np.float32)
+        lr, warm = 0.2, 3
+        batches = [None] * (warm + args.steps)
+    if args.quick:
+        args.m_log2, args.dense_steps = 12, 1
+        batches = batches[: warm + 3]
+    m = 1 << args.m_log2
+    W0, A0 = init_weights(
+        X.shape[1], (0, m), n_outputs=Y.shape[1], seed=args.seed, dtype=np.float32
+    )
+    with thread_limit(args.threads):
+        net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
+        t = time.perf_counter()
+        engine = make_engine("certified", net, X)
+        build = time.perf_counter() - t
+        for rows in batches[:warm]:
+            take_step(engine, Y, lr, rows)
+        timed = batches[warm:]
+        profile = cProfile.Profile()
+        t = time.perf_counter()
+        profile.enable()
+        for rows in timed:
+            take_step(engine, Y, lr, rows)
+        profile.disable()
+        step = (time.perf_counter() - t) / len(timed)
+    terms = term_seconds(profile, len(timed))
+    torch.set_num_threads(args.threads)
+    dense = make_method("torch-tight", ct.ShiftedReLUNet.from_weights(W0, A0), X, Y)
+    dense.step(lr, timed[0])  # first call: buffers
+    t = time.perf_counter()
+    for rows in timed[1 : 1 + args.dense_steps]:
+        dense.step(lr, rows)
+    dense_step = (time.perf_counter() - t) / len(timed[1 : 1 + args.dense_steps])
+    stats = {k: int(v) for k, v in engine.stats().items()}
+    kind = "SGD, batch 256" if args.sgd else "GD"
+    print(
+        f"{kind}, m = 2^{args.m_log2}: build {build:.1f} s; certified mean step "
+        f"{step * 1e3:.1f} ms over {len(timed)} steps (profiled), torch-tight step "
+        f"{dense_step * 1e3:.1f} ms: {dense_step / step:.1f}x per step"
+    )
+    print(f"{'term':<24} {'ms/step':>8} {'share':>6} {'caps at':>8}")
+    for name, sec in terms.items():
+        print(f"{name:<24} {sec * 1e3:8.1f} {sec / step:6.1%} {dense_step / sec:7.1f}x")
+    print(f"hot neurons {stats.get('hot_neurons')}, dense {stats.get('dense_neurons')} of {m}")
+    if args.out:
+        save(
+            {
+                **header("step_terms", args.threads),
+                "config": kind,
+                "m": m,
+                "steps": len(timed),
+                "dense_steps": args.dense_steps,
+                "build_seconds": build,
+                "step_seconds": step,
+                "dense_step_seconds": dense_step,
+                "term_seconds": terms,
+                "stats": stats,
+            },
+            args.out,
+        )
+
+
+if __name__ == "__main__":
+    main()
