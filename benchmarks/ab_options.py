@@ -6,9 +6,11 @@ both sides (separate runs on this machine differ by 10-15%).
         --epochs 3 --out benchmarks/results/ab_index_bf16.json
 
 SGD on all 60000 Fashion-MNIST images, one-hot 10 outputs, batch 256, lr = 400 / 256,
-float32, as ``corrtree bench epochs``. The two index builds run one after the other, then
-every step runs on side A and then on side B. Each side's loss is checked against the
-other's at every step (float32: equal up to rounding of near-threshold pairs).
+float32, as ``corrtree bench epochs``; with ``--gd``, ``--steps`` full-batch steps in the
+configuration of ``corrtree bench gd`` (first 2000 images, binary labels, lr 0.2). The two
+index builds run one after the other, then every step runs on side A and then on side B.
+Each side's loss is checked against the other's at every step (float32: equal up to rounding
+of near-threshold pairs).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 import corrtree as ct
 from corrtree.bench._common import header, reference_lr, save
+from corrtree.bench.gd import load as load_gd
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
 from corrtree.engines.certified import CertifiedEngine
@@ -32,8 +35,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--m-log2", type=int, default=16)
+    p.add_argument("--gd", action="store_true", help="full-batch GD instead of SGD epochs")
+    p.add_argument("--m-log2", type=int, default=None, help="default 16 (SGD), 17 (GD)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30, help="GD steps")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -43,15 +48,25 @@ def main(argv=None):
         "a": CertifiedEngine.parse_options(args.a),
         "b": CertifiedEngine.parse_options(args.b),
     }
-    train = load_dataset("fashion-mnist")
-    X = train.X.astype(np.float32)
-    Y = np.zeros((X.shape[0], 10), dtype=np.float32)
-    Y[np.arange(X.shape[0]), train.labels] = 1
-    n, m = X.shape[0], 1 << args.m_log2
-    per_epoch = -(-n // args.batch)
-    batches = list(batch_schedule(n, args.batch, args.epochs * per_epoch, args.seed))
-    W0, A0 = init_weights(X.shape[1], (0, m), n_outputs=10, seed=args.seed, dtype=np.float32)
-    lr = reference_lr(args.batch)
+    if args.m_log2 is None:
+        args.m_log2 = 17 if args.gd else 16
+    if args.gd:
+        _, X, y = load_gd(False)
+        X = X.astype(np.float32)
+        Y = y.reshape(len(y), -1).astype(np.float32)
+        per_epoch, batches, lr = args.steps, [None] * args.steps, 0.2
+    else:
+        train = load_dataset("fashion-mnist")
+        X = train.X.astype(np.float32)
+        Y = np.zeros((X.shape[0], 10), dtype=np.float32)
+        Y[np.arange(X.shape[0]), train.labels] = 1
+        per_epoch = -(-X.shape[0] // args.batch)
+        batches = list(batch_schedule(X.shape[0], args.batch, args.epochs * per_epoch, args.seed))
+        lr = reference_lr(args.batch)
+    m = 1 << args.m_log2
+    W0, A0 = init_weights(
+        X.shape[1], (0, m), n_outputs=Y.shape[1], seed=args.seed, dtype=np.float32
+    )
     out = {side: {"options": options[side], "step_seconds": []} for side in "ab"}
     engines = {}
     with thread_limit(args.threads):
@@ -89,9 +104,9 @@ def main(argv=None):
     print(f"largest relative loss gap between the sides: {gap:.1e}")
     report = {
         **header("ab_options", args.threads),
+        "config": "GD" if args.gd else "SGD",
         "m": m,
-        "epochs": args.epochs,
-        "batch": args.batch,
+        **({"steps": args.steps} if args.gd else {"epochs": args.epochs, "batch": args.batch}),
         "max_relative_loss_gap": gap,
         **out,
     }
