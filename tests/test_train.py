@@ -307,6 +307,29 @@ def test_certified_full_and_minibatch_steps_mixed(rebuild_after, counter, lazy, 
     np.testing.assert_array_equal(eng._Wh[: eng.hot_ids.size], net.W[eng.hot_ids])
 
 
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hot_coefficient_matrix_is_the_masked_residual_product(C, dtype, rng):
+    """The hot block's gradient coefficients, against the formula in NumPy: for hot neuron r
+    and batch row k, scale * sum over c of A[r, c] * E[k, c] (each product in the network's
+    precision, summed in float64 in the order of c) where z > b, else exactly 0."""
+    from corrtree._kernels.sparse import hot_coefficient_matrix
+
+    m, nh, R, b, scale = 50, 37, 129, dtype(0.3), 0.125
+    Z = rng.standard_normal((nh, R)).astype(dtype)
+    Z[0] = b  # equal to b is not above it: all zero
+    A = rng.standard_normal((m, C)).astype(dtype)
+    E = rng.standard_normal((R, C)).astype(dtype)
+    hot = rng.choice(m, nh, replace=False)
+    out = np.full((nh, R), np.nan, dtype=dtype)
+    hot_coefficient_matrix(Z, b, A, hot, E, scale, out)
+    s = np.zeros((nh, R))
+    for c in range(C):
+        s += A[hot, c][:, None] * E[:, c][None, :]  # products in dtype, added in float64
+    np.testing.assert_array_equal(out, np.where(Z > b, scale * s, 0).astype(dtype))
+    assert not out[0].any()
+
+
 @pytest.mark.parametrize("dense_fraction", [1e-9, 0.2])
 @pytest.mark.parametrize("batch", [None, 8])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -583,18 +583,27 @@ def hot_forward(Zhot, b, A, hot_ids, scale, out, T):
 @njit(parallel=True, nogil=True, cache=True)
 def hot_coefficient_matrix(Zhot, b, A, hot_ids, E, scale, out):
     """out[h, k] = scale * sum_c A[r, c] * E[k, c] where hot neuron r = hot_ids[h] fires on
-    batch row k (Zhot[h, k] > b), else 0. ``out @ X_batch`` is then the hot neurons' gradient."""
+    batch row k (Zhot[h, k] > b), else 0. ``out @ X_batch`` is then the hot neurons' gradient.
+    Each row's sums run over the outputs c outside the loop over batch rows (with E
+    transposed, so that loop vectorises), in float64 and in the order of c as before."""
     nh, R = Zhot.shape
     C = A.shape[1]
-    for h in prange(nh):
-        a = A[hot_ids[h]]
-        z = Zhot[h]
-        o = out[h]
-        for k in range(R):  # branch-free select
-            s = 0.0
+    Et = np.ascontiguousarray(E.T)
+    tasks = min(nh, 64)
+    for t in prange(tasks):
+        s = np.empty(R, dtype=np.float64)
+        for h in range(nh * t // tasks, nh * (t + 1) // tasks):
+            a = A[hot_ids[h]]
+            z = Zhot[h]
+            o = out[h]
+            s[:] = 0.0
             for c in range(C):
-                s += a[c] * E[k, c]
-            o[k] = scale * s if z[k] > b else 0
+                ac = a[c]
+                e = Et[c]
+                for k in range(R):
+                    s[k] += ac * e[k]  # the product in A's precision, as neuron_coefficients
+            for k in range(R):  # branch-free select
+                o[k] = scale * s[k] if z[k] > b else 0
 
 
 @njit(parallel=True, nogil=True, cache=True)
