@@ -585,7 +585,7 @@ def hot_coefficient_matrix(Zhot, b, A, hot_ids, E, scale, out):
     """out[h, k] = scale * sum_c A[r, c] * E[k, c] where hot neuron r = hot_ids[h] fires on
     batch row k (Zhot[h, k] > b), else 0. ``out @ X_batch`` is then the hot neurons' gradient.
     Each row's sums run over the outputs c outside the loop over batch rows (with E
-    transposed, so that loop vectorises), in float64 and in the order of c as before."""
+    transposed, so that loop vectorises), in float64 and in the order of c."""
     nh, R = Zhot.shape
     C = A.shape[1]
     Et = np.ascontiguousarray(E.T)
