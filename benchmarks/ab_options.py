@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import corrtree as ct
-from corrtree.bench._common import header, reference_lr, save
+from corrtree.bench._common import compile_certified, header, reference_lr, save
 from corrtree.bench.gd import load as load_gd
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
@@ -67,6 +67,7 @@ def main(argv=None):
     W0, A0 = init_weights(
         X.shape[1], (0, m), n_outputs=Y.shape[1], seed=args.seed, dtype=np.float32
     )
+    compile_certified(np.float32, args.threads)
     out = {side: {"options": options[side], "step_seconds": []} for side in "ab"}
     engines = {}
     with thread_limit(args.threads):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import corrtree as ct
-from corrtree.bench._common import header, reference_lr, save
+from corrtree.bench._common import compile_certified, header, reference_lr, save
 from corrtree.bench._methods import make_method
 from corrtree.bench.gd import load
 from corrtree.datasets import load_dataset
@@ -92,6 +92,7 @@ def main(argv=None):
     W0, A0 = init_weights(
         X.shape[1], (0, m), n_outputs=Y.shape[1], seed=args.seed, dtype=np.float32
     )
+    compile_certified(np.float32, args.threads)
     with thread_limit(args.threads):
         net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
         t = time.perf_counter()

@@ -161,3 +161,33 @@ def reference_lr(batch: int) -> float:
     """The benchmarks' step size, 400 / batch (the loss is a sum over the batch): the
     reference configurations' lr, kept fixed whatever the library's default."""
     return 400.0 / batch
+
+
+def compile_certified(dtype=np.float32, threads: int = 2) -> None:
+    """Take a tiny `certified` engine through every path a timed step can reach, so that numba
+    compiles (or loads from its on-disk cache) each kernel before any timing: full and mini
+    batches, the hot neurons as one BLAS block, a re-reference, the bfloat16 index pass where
+    it is available (float32), and a lazy index. A warm-up with a few points alone reaches
+    none of the large-problem paths, and a cold cache then put compile time into the timed
+    steps (about a minute for full-batch GD)."""
+    import corrtree as ct
+    from corrtree import _bf16
+    from corrtree.engines import make_engine
+    from corrtree.train import take_step, thread_limit
+
+    rng = np.random.default_rng(0)
+    n, d, m = 1100, 16, 64  # n >= 1024: full batches take the BLAS path for hot neurons
+    X = rng.standard_normal((n, d))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(dtype)
+    Y = rng.standard_normal((n, 2)).astype(dtype)
+    bf16 = [False] + ([True] if dtype == np.float32 and _bf16.available() else [])
+    with thread_limit(threads):
+        for index_bf16 in bf16:
+            for lazy in (False, True):
+                net = ct.ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
+                options = {"blas_gradient": 0.0, "index_bf16": index_bf16, "lazy": lazy}
+                engine = make_engine("certified", net, X, options)
+                for rows in (None, None, np.arange(8), np.arange(8, 16)):
+                    take_step(engine, Y, 0.5, rows)
+                engine.rereference(np.arange(m // 2))
+                take_step(engine, Y, 0.5, np.arange(16, 24))

@@ -26,6 +26,7 @@ import numpy as np
 
 import corrtree as ct
 from corrtree.bench._common import (
+    compile_certified,
     header,
     parse,
     parser,
@@ -149,6 +150,7 @@ def main(argv=None):
             args.threads,
             lambda s: None,
         )
+    compile_certified(np.float32, args.threads)
     ours_name = "certified" if options else "auto"
     log(f"corrtree ({ours_name}), {args.epochs} epochs ...")
     ours, W_ours = run(

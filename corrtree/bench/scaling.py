@@ -22,7 +22,14 @@ import time
 import numpy as np
 
 import corrtree as ct
-from corrtree.bench._common import header, parse, parser, reference_lr, save
+from corrtree.bench._common import (
+    compile_certified,
+    header,
+    parse,
+    parser,
+    reference_lr,
+    save,
+)
 from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.model import init_weights
@@ -78,6 +85,7 @@ def main(argv=None):
     except ImportError:
         dense = "numpy-tight"
     rows = []
+    compile_certified(np.float32, args.threads)
     for k in widths:
         m = 1 << k
         W0, A0 = init_weights(
