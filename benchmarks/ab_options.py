@@ -56,10 +56,8 @@ def main(argv=None):
         Y = y.reshape(len(y), -1).astype(np.float32)
         per_epoch, batches, lr = args.steps, [None] * args.steps, 0.2
     else:
-        train = load_dataset("fashion-mnist")
-        X = train.X.astype(np.float32)
-        Y = np.zeros((X.shape[0], 10), dtype=np.float32)
-        Y[np.arange(X.shape[0]), train.labels] = 1
+        train = load_dataset("fashion-mnist")  # y: one-hot over the 10 classes
+        X, Y = train.X.astype(np.float32), train.y.astype(np.float32)
         per_epoch = -(-X.shape[0] // args.batch)
         batches = list(batch_schedule(X.shape[0], args.batch, args.epochs * per_epoch, args.seed))
         lr = reference_lr(args.batch)

@@ -73,9 +73,7 @@ def main(argv=None):
         p.error("--steps, --epochs, --dense-steps and --threads must be >= 1")
     if args.sgd:
         data = load_dataset("fashion-mnist", n=2560 if args.quick else None)
-        X = data.X.astype(np.float32)
-        Y = np.zeros((X.shape[0], 10), dtype=np.float32)
-        Y[np.arange(X.shape[0]), data.labels] = 1
+        X, Y = data.X.astype(np.float32), data.y.astype(np.float32)  # y: one-hot
         lr, per_epoch = reference_lr(256), -(-X.shape[0] // 256)
         batches = list(batch_schedule(X.shape[0], 256, args.epochs * per_epoch, args.seed))
         warm = 0  # every step counts: the first epoch is part of what users wait for
