@@ -4,6 +4,8 @@ process: the bound on the ratio each term sets.
     python benchmarks/step_terms.py --m-log2 17 --out benchmarks/results/gd_terms_m17.json
     python benchmarks/step_terms.py --sgd --m-log2 16 --epochs 3 \\
         --out benchmarks/results/sgd_terms_m16.json
+    python benchmarks/step_terms.py --adam --m-log2 16 --epochs 2 \\
+        --out benchmarks/results/adam_terms_m16.json
 
 GD: the configuration of ``corrtree bench gd`` (first 2000 Fashion-MNIST images, binary
 labels, lr 0.2), ``--steps`` steps after 3 warm-up steps. SGD (``--sgd``): that of
@@ -14,13 +16,17 @@ passes in float32) and the bfloat16 index products (``SplitProduct.block``) are 
 their cumulative time, every numba kernel by its own; ``other`` is the rest. Then
 ``--dense-steps`` steps of ``torch-tight`` (the tight PyTorch baseline) from the same initial
 weights and batches. A term of t seconds per step caps the ratio to the dense step at
-dense / t, however fast the rest is.
+dense / t, however fast the rest is. ``--adam``: the SGD configuration with the Adam recipe
+(cross-entropy, trained output layer, lazy Adam lr 1e-3, certified with the options ``auto``
+plans for it: a lazy index, ``rebuild_after=8``), against the tight dense Adam step of
+``corrtree bench tta`` (``DenseAdam``).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import pstats
 import time
 
@@ -31,9 +37,12 @@ import corrtree as ct
 from corrtree.bench._common import compile_certified, header, reference_lr, save
 from corrtree.bench._methods import make_method
 from corrtree.bench.gd import load
+from corrtree.bench.tta import DenseAdam
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
+from corrtree.losses import CrossEntropy
 from corrtree.model import init_weights
+from corrtree.optim import Adam
 from corrtree.train import batch_schedule, take_step, thread_limit
 
 PRODUCTS = {("_blas.py", "matmul"): "blas", ("_bf16.py", "block"): "bf16 index product"}
@@ -58,6 +67,7 @@ def term_seconds(profile: cProfile.Profile, steps: int) -> dict[str, float]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sgd", action="store_true", help="SGD epochs instead of full-batch GD")
+    p.add_argument("--adam", action="store_true", help="SGD epochs with the Adam recipe")
     p.add_argument("--m-log2", type=int, default=None, help="default 17 (GD), 16 (SGD)")
     p.add_argument("--steps", type=int, default=20, help="GD steps profiled")
     p.add_argument("--epochs", type=int, default=3, help="SGD epochs profiled")
@@ -67,6 +77,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="m = 2^12, a few steps (a smoke test)")
     p.add_argument("--out", help="JSON file for the results")
     args = p.parse_args(argv)
+    args.sgd = args.sgd or args.adam
     if args.m_log2 is None:
         args.m_log2 = 16 if args.sgd else 17
     if min(args.steps, args.epochs, args.dense_steps, args.threads) < 1:
@@ -91,34 +102,45 @@ def main(argv=None):
         X.shape[1], (0, m), n_outputs=Y.shape[1], seed=args.seed, dtype=np.float32
     )
     compile_certified(np.float32, args.threads)
+    recipe, options = {}, None
+    if args.adam:
+        lr, options = 1e-3, {"lazy": True, "rebuild_after": 8.0}
+        recipe = dict(loss=CrossEntropy(), optimizer=Adam(), train_output=True)
     with thread_limit(args.threads):
         net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
         t = time.perf_counter()
-        engine = make_engine("certified", net, X)
+        engine = make_engine("certified", net, X, options)
         build = time.perf_counter() - t
         for rows in batches[:warm]:
-            take_step(engine, Y, lr, rows)
+            take_step(engine, Y, lr, rows, **recipe)
         timed = batches[warm:]
         profile = cProfile.Profile()
         t = time.perf_counter()
         profile.enable()
         for rows in timed:
-            take_step(engine, Y, lr, rows)
+            take_step(engine, Y, lr, rows, **recipe)
         profile.disable()
         step = (time.perf_counter() - t) / len(timed)
     terms = term_seconds(profile, len(timed))
     torch.set_num_threads(args.threads)
-    dense = make_method("torch-tight", ct.ShiftedReLUNet.from_weights(W0, A0), X, Y)
-    dense.step(lr, timed[0])  # first call: buffers
+    if args.adam:
+        dense = DenseAdam(W0, A0, X, data.labels, net.threshold, net.scale, lr)
+        run = dense.step
+    else:
+        dense = make_method("torch-tight", ct.ShiftedReLUNet.from_weights(W0, A0), X, Y)
+        run = functools.partial(dense.step, lr)
+    run(timed[0])  # first call: buffers
     t = time.perf_counter()
     for rows in timed[1 : 1 + args.dense_steps]:
-        dense.step(lr, rows)
+        run(rows)
     dense_step = (time.perf_counter() - t) / len(timed[1 : 1 + args.dense_steps])
     stats = {k: int(v) for k, v in engine.stats().items()}
     kind = "SGD, batch 256" if args.sgd else "GD"
+    if args.adam:
+        kind = "Adam recipe, batch 256"
     print(
         f"{kind}, m = 2^{args.m_log2}: build {build:.1f} s; certified mean step "
-        f"{step * 1e3:.1f} ms over {len(timed)} steps (profiled), torch-tight step "
+        f"{step * 1e3:.1f} ms over {len(timed)} steps (profiled), tight dense step "
         f"{dense_step * 1e3:.1f} ms: {dense_step / step:.1f}x per step"
     )
     print(f"{'term':<24} {'ms/step':>8} {'share':>6} {'caps at':>8}")

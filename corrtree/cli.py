@@ -41,6 +41,16 @@ _RUN_OPTIONS = (
     "checkpoint_every",
     "out",
     "overwrite",
+    "recipe",
+    "loss",
+    "optimizer",
+    "train_output",
+    "schedule",
+    "eval",
+    "val_fraction",
+    "eval_every",
+    "target_accuracy",
+    "patience",
 )
 
 
@@ -104,7 +114,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_widths,
         metavar="M1,M2,...",
         help="a deep network with hidden layers of these widths, e.g. 16384,16384 (--engine "
-        "then finds layer 1's firing pairs: auto, dense, dtree, wtree or halfspace)",
+        "then finds layer 1's firing pairs: auto, dense, certified, dtree, wtree or halfspace)",
     )
     g.add_argument("--threshold", type=float, help="ReLU shift b (default: sqrt(0.4 ln m))")
     g.add_argument("--steps", type=_positive, help="gradient steps (default: 20)")
@@ -112,7 +122,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lr",
         type=float,
-        help="learning rate (default: 400 / (batch size or n); the loss is a sum)",
+        help="learning rate (default: 1e-3 for Adam; for SGD 2 / (B p L), B the batch size "
+        "or n, p the firing fraction at initialisation, L the trained layers; the loss is "
+        "a sum over the batch)",
     )
     g.add_argument(
         "--batch-size",
@@ -138,6 +150,48 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     g.add_argument(
         "--threads", type=_positive, help="numba and BLAS threads (per worker with --workers)"
+    )
+    g = p.add_argument_group("recipe")
+    g.add_argument(
+        "--recipe",
+        choices=("adam", "paper"),
+        help="adam: cross-entropy for classes (logistic with --targets binary, squared for "
+        "regression), a trained output layer and lazy Adam, the fastest to a test accuracy; "
+        "paper: squared loss, output layer fixed at +-1, plain SGD (default: adam; paper for "
+        "deep and --workers runs, which train only that)",
+    )
+    g.add_argument("--loss", choices=("squared", "cross_entropy", "logistic"),
+                   help="override the recipe's loss")  # fmt: skip
+    g.add_argument("--optimizer", choices=("sgd", "adam"), help="override the recipe's optimizer")
+    g.add_argument(
+        "--train-output",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the output layer (default: the recipe's)",
+    )
+    g.add_argument("--schedule", choices=("constant", "cosine"),
+                   help="learning-rate schedule (default: constant)")  # fmt: skip
+    g = p.add_argument_group("held-out evaluation")
+    g.add_argument(
+        "--eval",
+        choices=("test",),
+        help="score the dataset's test split while training (fashion-mnist)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="hold out this fraction of the points (stratified, seeded) and score it",
+    )
+    g.add_argument("--eval-every", type=_positive, metavar="K",
+                   help="evaluate every K steps (default: each epoch, and at the end)")  # fmt: skip
+    g.add_argument("--target-accuracy", type=float, metavar="A",
+                   help="stop once the held-out accuracy reaches A")  # fmt: skip
+    g.add_argument(
+        "--patience",
+        type=_positive,
+        metavar="K",
+        help="stop after K evaluations without a lower held-out loss, keeping the best weights",
     )
     g = p.add_argument_group("distributed (Ray: pip install 'corrtree[ray]')")
     g.add_argument(
@@ -165,6 +219,8 @@ def _config(args):
     from .run import RunConfig
 
     fields = {k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)}
+    if fields.get("recipe") is None:
+        fields["recipe"] = "paper" if args.widths or args.workers else "adam"
     if args.engine_opt:
         # auto's options are those of the engine it picks; resolved again when training
         cls = engine_class(args.engine, args.n or 10**9, args.width)
@@ -243,10 +299,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
 
     from . import _io
     from .datasets import load_dataset
+    from .losses import get_loss
     from .run import RunConfig, accuracy, load_model
 
     cfg = RunConfig.from_dict(_io.read_json(os.path.join(args.dir, "config.json")))
@@ -268,8 +324,9 @@ def cmd_predict(args) -> int:
         raise ValueError(
             f"the data has {Y.shape[1]} targets per point but the model {out.shape[1]} outputs"
         )
-    e = (out - Y).astype(np.float64)
-    line = f"{data.name} ({args.split}): n={data.n}, loss={0.5 * float(np.sum(e * e)):.6g}"
+    loss = get_loss(cfg.parts(data.labels is not None)[0])
+    value = loss(out, loss.targets(Y, Y.shape[0], Y.shape[1], out.dtype))[0]
+    line = f"{data.name} ({args.split}): n={data.n}, {loss.name} loss={value:.6g}"
     if data.labels is not None:
         line += f", accuracy={accuracy(out, data.labels, cfg.targets, data.n_classes):.4f}"
     print(line)

@@ -32,6 +32,7 @@ from ._kernels import deep as K
 from ._kernels import sparse as S
 from ._validation import as_float_array, as_positive_int, as_scalar
 from .engines.base import PHASES, StepInfo
+from .losses import Squared
 from .model import ShiftedReLUNet, _as_dtype, default_threshold, init_weights
 
 __all__ = ["DeepEngine", "ShiftedReLUMLP", "layer_scale", "reference_step"]
@@ -337,7 +338,9 @@ class DeepEngine:  # the training loop's stepper for deep networks
         val += self.net.dtype.type(self.net.thresholds[0])
         return S.transpose(ptr, idx, val, self.net.widths[0])
 
-    def step(self, Y: np.ndarray, lr: float, rows=None) -> StepInfo:
+    def step(self, Y: np.ndarray, lr: float, rows=None, loss=None) -> StepInfo:
+        """One step on the batch ``rows`` (None: all points) for the targets Y; ``loss``: a
+        ``corrtree.losses.Loss`` (default squared), whose gradient starts the backward pass."""
         net, dt = self.net, self.net.dtype
         L, b = net.depth, [dt.type(t) for t in net.thresholds]
         lr_t = dt.type(lr)
@@ -367,10 +370,7 @@ class DeepEngine:  # the training loop's stepper for deep networks
         pptr, pidx, pval = S.transpose(col_ptr, prow, z, B)
         S.forward(pptr, pidx, pval, net.A, b[L - 1], dt.type(net.scale), F)
         Yb = Y if rows is None else Y[rows]
-        E = F - Yb
-        e64 = E.ravel().astype(np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss = 0.5 * float(np.dot(e64, e64))
+        loss, E = (Squared() if loss is None else loss)(F, Yb)
         t2 = time.perf_counter()
         # delta of the last layer at its firing pairs, then down, over firing units only
         coef = np.empty(prow.size, dtype=dt)

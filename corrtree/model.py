@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ._blas import matmul
 from ._validation import FLOAT_DTYPES, as_float_array, as_positive_int, as_scalar
 
 __all__ = [
@@ -156,7 +157,8 @@ class ShiftedReLUNet:
 
     @property
     def A(self) -> np.ndarray:
-        """Second layer, (width, n_outputs), fixed at initialisation."""
+        """Second layer, (width, n_outputs): +-1 at initialisation, fixed in the paper's
+        recipe, trained with ``train(..., train_output=True)``."""
         return self._A
 
     @A.setter
@@ -237,7 +239,7 @@ class ShiftedReLUNet:
         scale = self.dtype.type(self.scale)
         b = self.dtype.type(self.threshold)
         for lo in range(0, X.shape[0], chunk):
-            Z = X[lo : lo + chunk] @ self._W.T
+            Z = matmul(X[lo : lo + chunk], self._W.T)
             Z -= b
             np.maximum(Z, 0, out=Z)
             np.matmul(Z, self._A, out=out[lo : lo + chunk])

@@ -20,7 +20,9 @@ from . import _io
 from ._validation import check_memory
 from .datasets import load_dataset
 from .engines import ENGINES, engine_class
+from .losses import LOSSES, get_loss
 from .model import ShiftedReLUNet
+from .optim import OPTIMIZERS, SCHEDULES, Adam, get_optimizer
 from .train import DivergenceError, auto_lr, train
 
 __all__ = ["RunConfig", "describe", "firing_counts", "load_model", "run_training", "summarize"]
@@ -48,6 +50,23 @@ class RunConfig:
     checkpoint_every: int | None = None
     workers: int | None = None  # Ray workers, each training a block of neurons
     widths: list[int] | None = None  # hidden layers of a deep network (width then unused)
+    # The recipe (corrtree.train's loss, optimizer, train_output, schedule): "paper" is the
+    # paper's (squared loss, SGD, fixed output layer); "adam" is cross-entropy for classes
+    # (logistic for --targets binary, squared for regression), lazy Adam and a trained output
+    # layer. loss, optimizer and train_output override a part of it.
+    recipe: str = "paper"
+    loss: str | None = None
+    optimizer: str | None = None
+    train_output: bool | None = None
+    schedule: str | None = None
+    # Held-out evaluation while training: "test" (the dataset's test split) or a seeded,
+    # stratified fraction of the training points; scored every eval_every steps (default:
+    # each epoch); stop at target_accuracy or after patience evaluations without progress.
+    eval: str | None = None
+    val_fraction: float | None = None
+    eval_every: int | None = None
+    target_accuracy: float | None = None
+    patience: int | None = None
 
     def validate(self) -> None:
         if self.engine not in ENGINES and self.engine != "auto":
@@ -95,12 +114,52 @@ class RunConfig:
                     "train in one process"
                 )
             self.width = sum(self.widths)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}"
+            )
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
+            )
+        if self.eval not in (None, "test"):
+            raise ValueError(f"eval must be 'test' or None, got {self.eval!r}")
+        if self.val_fraction is not None:
+            if self.eval is not None:
+                raise ValueError("give --eval test or --val-fraction, not both")
+            if not 0 < self.val_fraction < 1:
+                raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        held_out = self.eval is not None or self.val_fraction is not None
+        for name in ("eval_every", "target_accuracy", "patience"):
+            if getattr(self, name) is not None and not held_out:
+                raise ValueError(f"{name} needs a held-out set: --eval test or --val-fraction F")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.threshold is not None and not (
             self.threshold >= 0 and math.isfinite(self.threshold)
         ):
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
+
+    def parts(self, classes: bool) -> tuple[str, str, bool]:
+        """(loss, optimizer, train_output) of the run: the recipe's, with the overrides."""
+        if self.recipe == "paper":
+            loss, optimizer, train_output = "squared", "sgd", False
+        else:
+            loss = (
+                "squared"
+                if not classes
+                else {"onehot": "cross_entropy"}.get(self.targets, "logistic")
+            )
+            optimizer, train_output = "adam", True
+        return (
+            self.loss or loss,
+            self.optimizer or optimizer,
+            train_output if self.train_output is None else self.train_output,
+        )
 
     def total_steps(self, n: int) -> int:
         if self.steps is not None:
@@ -159,6 +218,7 @@ RUN_FILES = (
     "config.json",
     "metrics.json",
     "model.npz",
+    "optimizer.npz",
     "checkpoint.npz",
     "model.json",
     "checkpoint.json",
@@ -175,6 +235,24 @@ class RunFinished(ValueError):
     """``--resume`` of a run that has done all its steps."""
 
 
+RECIPES = ("adam", "paper")
+ADAM_LR = 1e-3  # the adam recipe's default learning rate
+# Options added after the first run folders were written: left out of the hash at these
+# values, so that those runs keep their hash (and resume).
+_LATER = {
+    "recipe": "paper",
+    "loss": None,
+    "optimizer": None,
+    "train_output": None,
+    "schedule": None,
+    "eval": None,
+    "val_fraction": None,
+    "eval_every": None,
+    "target_accuracy": None,
+    "patience": None,
+}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """What identifies a run's trajectory: everything but its length, threads and
     checkpointing. A checkpoint carries it; resume refuses one that does not match."""
@@ -182,6 +260,7 @@ def config_hash(cfg: RunConfig) -> str:
         k: v
         for k, v in asdict(cfg).items()
         if k not in ("steps", "epochs", "threads", "checkpoint_every", "workers")
+        and not (k in _LATER and v == _LATER[k])
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -334,6 +413,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
         normalize=cfg.normalize,
         targets=cfg.targets,
     )
+    data, held_out = _held_out(cfg, data)
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
     total = cfg.total_steps(data.n)
     start = 0
@@ -362,12 +442,73 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
         net = _make_net(cfg, data, Y, state_path, cluster)
         if state_path is not None:
             log(f"resuming {out} at step {start} of {total}")
+        opts["optimizer_state"] = _read_optimizer(out, state_path)
+        opts["held_out"] = held_out
         return _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log)
     finally:
         if cluster is not None:
             if net is not None:
                 net.close()
             cluster.shutdown()
+
+
+def _held_out(cfg: RunConfig, data):
+    """(training data, held-out (name, X, y) or None) as the config says: the dataset's test
+    split (``eval="test"``) or a seeded, stratified fraction of its points."""
+    from .datasets import Dataset
+
+    if cfg.eval == "test":
+        if cfg.dataset != "fashion-mnist":
+            raise ValueError(
+                f"--eval test: the dataset {cfg.dataset!r} has no test split; hold out part "
+                "of it with --val-fraction F"
+            )
+        test = load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            normalize=cfg.normalize,
+            targets=cfg.targets,
+            split="test",
+        )
+        return data, (f"the test split ({test.n} points)", test.X, test.y)
+    if cfg.val_fraction is None:
+        return data, None
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, held = train_test_split(
+            np.arange(data.n),
+            test_size=cfg.val_fraction,
+            random_state=cfg.seed,
+            stratify=data.labels,
+        )
+    except ValueError as e:
+        raise ValueError(f"--val-fraction {cfg.val_fraction}: {e}") from None
+    keep, held = np.sort(keep), np.sort(held)
+    sub = Dataset(
+        data.name,
+        data.X[keep],
+        data.y[keep],
+        None if data.labels is None else data.labels[keep],
+    )
+    what = f"{cfg.val_fraction:g} of the points held out ({held.size})"
+    return sub, (what, data.X[held], data.y[held])
+
+
+def _read_optimizer(out: str, state_path: str | None) -> dict | None:
+    """The optimizer state saved with the state a run resumes from: in a checkpoint, its
+    ``optim.*`` arrays; with a finished model, optimizer.npz beside it."""
+    if state_path is None or state_path.endswith(".json"):
+        return None
+    if os.path.basename(state_path).startswith("checkpoint"):
+        st = _io.read_npz(state_path, "corrtree checkpoint")
+    else:
+        path = os.path.join(out, "optimizer.npz")
+        if not os.path.exists(path):
+            return None
+        st = _io.read_npz(path, "optimizer state")
+    state = {k[len("optim.") :]: v for k, v in st.items() if k.startswith("optim.")}
+    return state or None
 
 
 def _make_net(cfg, data, Y, state_path, cluster):
@@ -416,9 +557,10 @@ def _make_net(cfg, data, Y, state_path, cluster):
     return net
 
 
-def _save(net, out: str, kind: str, step: int, chash: str) -> None:
+def _save(net, out: str, kind: str, step: int, chash: str, optim: dict | None = None) -> None:
     """The network's weights as ``kind`` ("model" or "checkpoint"): one .npz, or shards and
-    their index for a sharded network; the other form of the same kind is removed."""
+    their index for a sharded network; the other form of the same kind is removed. ``optim``:
+    the optimizer's state, saved with a checkpoint."""
     if hasattr(net, "save"):
         net.save(out, kind, step=step, config_hash=chash)
         _remove(os.path.join(out, f"{kind}.npz"))
@@ -426,6 +568,7 @@ def _save(net, out: str, kind: str, step: int, chash: str) -> None:
         _io.write_npz(
             os.path.join(out, f"{kind}.npz"),
             **net.state_dict(),
+            **{f"optim.{k}": v for k, v in (optim or {}).items()},
             step=np.array(step),
             config_hash=np.array(chash),
         )
@@ -452,7 +595,29 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
     )
     b = net.thresholds[0] if hasattr(net, "thresholds") else net.threshold
     depth = getattr(net, "depth", 1)
-    metrics["lr"] = cfg.lr if cfg.lr is not None else auto_lr(data.n, cfg.batch_size, b, depth)
+    loss_name, opt_name, train_output = cfg.parts(data.labels is not None)
+    loss = get_loss(loss_name)
+    optimizer = get_optimizer(opt_name)
+    if opts["optimizer_state"] is not None:
+        optimizer.load_state_dict(opts["optimizer_state"])
+    if cfg.lr is not None:
+        metrics["lr"] = cfg.lr
+    elif isinstance(optimizer, Adam):
+        metrics["lr"] = ADAM_LR
+    else:
+        metrics["lr"] = auto_lr(data.n, cfg.batch_size, b, depth)
+    metrics["recipe"] = {
+        "loss": loss_name,
+        "optimizer": opt_name,
+        "train_output": train_output,
+        "schedule": cfg.schedule or "constant",
+    }
+    evaluation = None
+    if opts["held_out"] is not None:
+        what, Xe, ye = opts["held_out"]
+        evaluation = (Xe.astype(net.dtype), ye)
+        metrics.setdefault("eval", {"points": what, "step": [], "loss": [], "accuracy": []})
+        metrics["eval"].setdefault("train_seconds", [])
     chash = config_hash(cfg)
 
     def record(t, net, info):
@@ -477,7 +642,7 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
             if not finite:
                 raise DivergenceError(t, "the weights hold NaN or inf", info.loss)
             _io.write_json(os.path.join(out, "metrics.json"), metrics)
-            _save(net, out, "checkpoint", done, chash)
+            _save(net, out, "checkpoint", done, chash, optimizer.state_dict())
         if opts["callback"] is not None:
             opts["callback"](t, net, info)
 
@@ -499,6 +664,14 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
                 callback=record,
                 progress=opts["progress"],
                 start_step=start,
+                loss=loss,
+                optimizer=optimizer,
+                train_output=train_output,
+                schedule=cfg.schedule,
+                eval=evaluation,
+                eval_every=cfg.eval_every,
+                target_accuracy=cfg.target_accuracy,
+                patience=cfg.patience,
             )
             break
         except WorkerLostError as e:
@@ -526,6 +699,19 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
             ):
                 e.args = (f"{e}; the last good checkpoint is kept in {out}",)
             raise
+    if evaluation is not None:
+        ev = metrics["eval"]
+        for key, values in (
+            ("step", hist.eval_step),
+            ("loss", hist.eval_loss),
+            ("accuracy", hist.eval_accuracy),
+            ("train_seconds", hist.train_seconds),
+        ):
+            ev[key] = ev[key][: len(ev["step"])] + list(values)
+        if hist.stopped:
+            ev["stopped"] = hist.stopped
+            total = hist.steps + start
+        ev["best_step"] = hist.best_step
     metrics["preprocess_seconds"].append(hist.preprocess_seconds)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["stats"] = hist.stats
@@ -546,12 +732,18 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
             fallback, **net.state_dict(), step=np.array(total), config_hash=np.array(chash)
         )
         raise _io.PathError(f"{e}; the trained model was saved to {fallback}") from None
-    metrics["fired_per_point_end"] = _firing_counts(net, X)
-    metrics["final_loss"] = net.loss(X, Y)
-    if data.labels is not None:
-        metrics["final_accuracy"] = accuracy(
-            net.outputs(X), data.labels, cfg.targets, data.n_classes
+    if optimizer.state:  # for extending the run exactly
+        _io.write_npz(
+            os.path.join(out, "optimizer.npz"),
+            **{f"optim.{k}": v for k, v in optimizer.state_dict().items()},
+            step=np.array(total),
+            config_hash=np.array(chash),
         )
+    metrics["fired_per_point_end"] = _firing_counts(net, X)
+    outputs = net.outputs(X)
+    metrics["final_loss"] = loss(outputs, loss.targets(Y, X.shape[0], Y.shape[1], net.dtype))[0]
+    if data.labels is not None:
+        metrics["final_accuracy"] = accuracy(outputs, data.labels, cfg.targets, data.n_classes)
     summary = summarize(metrics, net, data.n)
     if cfg.workers:
         summary["sharded"] = True
@@ -605,6 +797,17 @@ def summarize(metrics: dict, net: ShiftedReLUNet, n: int) -> dict:
     }
     if "final_accuracy" in metrics:
         out["final_accuracy"] = metrics["final_accuracy"]
+    if "recipe" in metrics:
+        out["recipe"] = metrics["recipe"]
+    ev = metrics.get("eval")
+    if ev and ev["step"]:
+        out["eval"] = {
+            "points": ev["points"],
+            "final_accuracy": ev["accuracy"][-1],
+            "best_accuracy": max((a for a in ev["accuracy"] if a is not None), default=None),
+            "final_loss": ev["loss"][-1],
+            "stopped": ev.get("stopped"),
+        }
     return out
 
 
@@ -614,8 +817,24 @@ def describe(summary: dict) -> str:
         f"steps              {summary['steps']}",
         f"loss               {summary['first_loss']:.6g} -> {summary['final_loss']:.6g}",
     ]
+    if "recipe" in summary:
+        r = summary["recipe"]
+        output = "trained" if r["train_output"] else "fixed"
+        lines.insert(
+            1, f"recipe             {r['loss']} loss, {r['optimizer']}, {output} output layer"
+        )
     if "final_accuracy" in summary:
         lines.append(f"train accuracy     {summary['final_accuracy']:.4f}")
+    ev = summary.get("eval")
+    if ev:
+        acc = ev["final_accuracy"]
+        line = f"held-out loss      {ev['final_loss']:.6g}"
+        if acc is not None:
+            line = f"held-out accuracy  {acc:.4f} (best {ev['best_accuracy']:.4f})"
+        line += f" on {ev['points']}"
+        if ev.get("stopped"):
+            line += f"; stopped early ({ev['stopped']})"
+        lines.append(line)
     lines += [
         f"fired fraction     {summary['fired_fraction']:.4%} of neurons per point",
         f"neurons changed    {summary['mean_changed_neurons']:.0f} per step (mean)",

@@ -13,11 +13,18 @@ from .train import auto_lr, train
 
 __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
 
+ESTIMATOR_ADAM_LR = 1e-2  # the estimators' Adam learning rate (their runs are short)
+
 
 class _SparseReLUBase(BaseEstimator):
     """``width``: the hidden layer's width; ``widths`` = (m_1, ..., m_L) instead trains a deep
     shifted-ReLU network (``corrtree.deep.ShiftedReLUMLP``, ``threshold`` then applies to
-    every layer, None: each layer's default)."""
+    every layer, None: each layer's default).
+
+    ``recipe``: ``"adam"`` (cross-entropy for the classifier, squared loss for the regressor,
+    a trained output layer, lazy Adam; ``lr`` default 1e-2, tuned for the default 100 steps)
+    or ``"paper"`` (squared loss, output layer fixed at +-1, SGD with ``lr`` default
+    ``corrtree.train.auto_lr``). Deep networks train the paper's recipe. docs/recipes.md."""
 
     def __init__(
         self,
@@ -33,6 +40,7 @@ class _SparseReLUBase(BaseEstimator):
         normalize: bool = True,
         threads: int | None = None,
         random_state: int = 0,
+        recipe: str = "adam",
     ):
         self.width = width
         self.widths = widths
@@ -46,12 +54,13 @@ class _SparseReLUBase(BaseEstimator):
         self.normalize = normalize
         self.threads = threads
         self.random_state = random_state
+        self.recipe = recipe
 
     def _inputs(self, X, reset: bool) -> np.ndarray:
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         return normalize_rows(X) if self.normalize else X
 
-    def _fit(self, X: np.ndarray, Y: np.ndarray):
+    def _fit(self, X: np.ndarray, Y: np.ndarray, loss: str):
         n = X.shape[0]
         if self.widths is not None:  # a deep network: hidden layers of these widths
             from .deep import ShiftedReLUMLP
@@ -75,13 +84,23 @@ class _SparseReLUBase(BaseEstimator):
                 n_outputs=Y.shape[1],
             )
             b, depth = self.net_.threshold, 1
-        lr = self.lr if self.lr is not None else auto_lr(n, self.batch_size, b, depth)
+        if self.recipe not in ("adam", "paper"):
+            raise ValueError(f"recipe must be 'adam' or 'paper', got {self.recipe!r}")
+        adam = self.recipe == "adam" and self.widths is None
+        if self.lr is not None:
+            lr = self.lr
+        else:
+            lr = ESTIMATOR_ADAM_LR if adam else auto_lr(n, self.batch_size, b, depth)
+        recipe = {}
+        if adam:
+            recipe = {"loss": loss, "optimizer": "adam", "train_output": True}
         self.history_ = train(
             self.net_,
             X,
             Y,
             steps=self.steps,
             lr=lr,
+            **recipe,
             engine=self.engine,
             engine_options=self.engine_options,
             batch_size=self.batch_size,
@@ -114,7 +133,7 @@ class SparseReLURegressor(RegressorMixin, _SparseReLUBase):
         X = normalize_rows(X) if self.normalize else X
         Y = np.asarray(y, dtype=np.float64)
         self._single = Y.ndim == 1
-        return self._fit(X, Y.reshape(Y.shape[0], -1))
+        return self._fit(X, Y.reshape(Y.shape[0], -1), "squared")
 
     def predict(self, X) -> np.ndarray:
         out = self._outputs(X)
@@ -122,7 +141,8 @@ class SparseReLURegressor(RegressorMixin, _SparseReLUBase):
 
 
 class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
-    """Classification with one output per class trained on one-hot targets (squared loss)."""
+    """Classification with one output per class, trained on one-hot targets (softmax
+    cross-entropy with ``recipe="adam"``, the squared loss with ``recipe="paper"``)."""
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
@@ -133,7 +153,8 @@ class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
         codes = self._encoder.transform(y)
         Y = np.zeros((codes.size, max(1, self.classes_.size)))
         Y[np.arange(codes.size), codes] = 1.0
-        return self._fit(X, Y)
+        # one class: nothing to tell apart, a single output fitted to it
+        return self._fit(X, Y, "cross_entropy" if Y.shape[1] > 1 else "squared")
 
     def decision_function(self, X) -> np.ndarray:
         out = self._outputs(X)
@@ -142,3 +163,11 @@ class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
     def predict(self, X) -> np.ndarray:
         out = self._outputs(X)
         return self.classes_[np.argmax(out, axis=1)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: the softmax of the outputs (the model of the cross-entropy
+        recipe; with ``recipe="paper"`` the outputs were fitted to one-hot targets by squared
+        loss, and their softmax only ranks the classes)."""
+        from scipy.special import softmax
+
+        return softmax(self._outputs(X).astype(np.float64), axis=1)

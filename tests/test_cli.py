@@ -199,3 +199,84 @@ def test_idle_blas_threads_sleep_unless_the_environment_says_otherwise():
     env["OPENBLAS_THREAD_TIMEOUT"] = "20"
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.stdout.split() == ["20"], res.stderr
+
+
+DIGITS = ["--dataset", "digits", "--width", "1024", "--batch-size", "100", "--quiet"]
+
+
+def test_adam_recipe_is_the_default_and_paper_one_option_away(tmp_path):
+    for recipe, expect in (
+        (None, ("cross_entropy", "adam", True)),
+        ("paper", ("squared", "sgd", False)),
+    ):
+        out = tmp_path / str(recipe)
+        extra = [] if recipe is None else ["--recipe", recipe]
+        assert cli.main(["train", *DIGITS, "--steps", "5", "--out", str(out), *extra]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        r = metrics["recipe"]
+        assert (r["loss"], r["optimizer"], r["train_output"]) == expect
+        A = np.load(out / "model.npz")["a"]
+        assert np.array_equal(np.abs(A), np.ones_like(A)) != expect[2]  # trained or +-1
+
+
+def test_val_fraction_scores_the_held_out_points(tmp_path, capsys):
+    out = tmp_path / "val"
+    args = ["train", *DIGITS, "--epochs", "3", "--val-fraction", "0.25", "--lr", "0.01"]
+    assert cli.main([*args, "--eval-every", "5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "held-out accuracy" in text and "(450)" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    ev = metrics["eval"]
+    assert ev["step"] == [5, 10, 14, 15, 20, 25, 28, 30, 35, 40, 42]
+    assert len(metrics["steps"]) == 42  # 1347 training points, batches of 100
+    # the held-out points, scored again from the saved model
+    from sklearn.model_selection import train_test_split
+
+    data = load_dataset("digits")
+    _, held = train_test_split(
+        np.arange(data.n), test_size=0.25, random_state=0, stratify=data.labels
+    )
+    net = load_model(str(out))
+    acc = np.mean(net.predict(data.X[held]).argmax(1) == data.labels[held])
+    assert ev["accuracy"][-1] == pytest.approx(acc)
+
+
+def test_target_accuracy_stops_and_eval_errors(tmp_path, capsys):
+    out = tmp_path / "target"
+    args = ["train", *DIGITS, "--epochs", "20", "--val-fraction", "0.2", "--lr", "0.01"]
+    assert cli.main([*args, "--target-accuracy", "0.8", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval"]["stopped"] == "target"
+    assert metrics["eval"]["accuracy"][-1] >= 0.8
+    assert len(metrics["steps"]) < 20 * 15
+    assert cli.main(["train", *DIGITS, "--eval", "test", "--out", str(tmp_path / "x")]) == 2
+    assert "has no test split" in capsys.readouterr().err
+    assert cli.main(["train", *DIGITS, "--patience", "2", "--out", str(tmp_path / "y")]) == 2
+    assert "needs a held-out set" in capsys.readouterr().err
+
+
+def test_adam_resume_and_extension_are_exact(tmp_path):
+    """The optimizer's state travels with checkpoints and with the finished model: a run
+    interrupted after a checkpoint, resumed, and extended, ends where the straight run does."""
+    from corrtree.run import RunConfig, run_training
+
+    cfg = dict(dataset="digits", width=1024, batch_size=100, dtype="float64", lr=0.01,
+               recipe="adam", checkpoint_every=5)  # fmt: skip
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    run_training(full, RunConfig(steps=16, **cfg), progress=False, log=lambda *a: None)
+
+    def stop(t, net, info):
+        if t == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(part, RunConfig(steps=12, **cfg), callback=stop, progress=False,
+                     log=lambda *a: None)  # fmt: skip
+    assert "optim.W0.m" in np.load(os.path.join(part, "checkpoint.npz"))
+    assert cli.main(["train", "--resume", part, "--quiet"]) == 0  # steps 5 .. 12
+    assert os.path.exists(os.path.join(part, "optimizer.npz"))
+    assert cli.main(["train", "--resume", part, "--steps", "16", "--quiet"]) == 0
+    a, b = np.load(os.path.join(full, "model.npz")), np.load(os.path.join(part, "model.npz"))
+    # float64: the same up to the order of sums over firing pairs after a new index
+    np.testing.assert_allclose(a["W"], b["W"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a["a"], b["a"], rtol=1e-12, atol=1e-14)

@@ -11,7 +11,13 @@ from corrtree.sklearn import SparseReLUClassifier, SparseReLURegressor
 SMALL = dict(width=64, steps=40)
 
 
-@parametrize_with_checks([SparseReLURegressor(**SMALL), SparseReLUClassifier(**SMALL)])
+@parametrize_with_checks(
+    [
+        SparseReLURegressor(**SMALL),
+        SparseReLUClassifier(**SMALL),
+        SparseReLUClassifier(**SMALL, recipe="paper"),
+    ]
+)
 def test_sklearn_checks(estimator, check):
     check(estimator)
 
@@ -20,8 +26,9 @@ def test_sklearn_checks(estimator, check):
 def test_classifier_engines_agree(engine):
     X, y = load_digits(return_X_y=True)
     X, y = X[:300], y[:300]
-    ref = SparseReLUClassifier(width=1024, steps=8, lr=0.25, engine="dense").fit(X, y)
-    clf = SparseReLUClassifier(width=1024, steps=8, lr=0.25, engine=engine).fit(X, y)
+    kw = dict(width=1024, steps=8, lr=0.25, recipe="paper")
+    ref = SparseReLUClassifier(**kw, engine="dense").fit(X, y)
+    clf = SparseReLUClassifier(**kw, engine=engine).fit(X, y)
     np.testing.assert_allclose(clf.net_.W, ref.net_.W, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(clf.predict(X), ref.predict(X))
     assert clf.score(X, y) > 0.7  # 10 classes: chance is 0.1
@@ -31,7 +38,7 @@ def test_regressor_matches_train():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 4))
     y = rng.standard_normal(50)
-    reg = SparseReLURegressor(width=200, steps=3, lr=0.1).fit(X, y)
+    reg = SparseReLURegressor(width=200, steps=3, lr=0.1, recipe="paper").fit(X, y)
     net = ct.ShiftedReLUNet(4, 200, seed=0)
     Xn = ct.normalize_rows(X)
     ct.train(net, Xn, y, steps=3, lr=0.1, engine="dtree")
@@ -39,3 +46,19 @@ def test_regressor_matches_train():
     assert reg.get_params()["engine"] == "auto"
     reg.set_params(engine="wtree")
     assert reg.engine == "wtree"
+
+
+def test_classifier_adam_recipe_matches_train_and_gives_probabilities():
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    clf = SparseReLUClassifier(width=1024, steps=30, batch_size=100).fit(X, y)
+    net = ct.ShiftedReLUNet(64, 1024, n_outputs=10, seed=0)
+    ct.train(net, ct.normalize_rows(X), y, steps=30, batch_size=100, lr=1e-2,
+             loss="cross_entropy", optimizer="adam", train_output=True)  # fmt: skip
+    np.testing.assert_allclose(clf.net_.A, net.A, rtol=1e-9, atol=1e-12)
+    P = clf.predict_proba(X)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[P.argmax(axis=1)], clf.predict(X))
+    assert clf.score(X, y) > 0.9
+    with pytest.raises(ValueError, match="recipe must be"):
+        SparseReLUClassifier(recipe="sgd").fit(X, y)

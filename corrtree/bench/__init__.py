@@ -21,6 +21,7 @@ BENCHMARKS = {
     "dims": "SYZ21 half-space ball tree against the correlation trees as d grows",
     "distributed": "neurons sharded over 1, 2, 4 Ray workers: overhead, bytes, memory per step",
     "deep": "deep shifted-ReLU networks: exact sparse engine vs tight dense and sparse PyTorch",
+    "tta": "time to 85% and 88% test accuracy, each side's best recipe (Adam, cross-entropy)",
     "plots": "PNG plots in docs/results from the JSON in benchmarks/results",
 }
 

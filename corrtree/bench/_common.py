@@ -191,3 +191,11 @@ def compile_certified(dtype=np.float32, threads: int = 2) -> None:
                     take_step(engine, Y, 0.5, rows)
                 engine.rereference(np.arange(m // 2))
                 take_step(engine, Y, 0.5, np.arange(16, 24))
+        # the recipes' kernels: output-layer gradient, lazy Adam, the split update
+        for rows in (None, 8):
+            net = ct.ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
+            ct.train(
+                net, X, rng.integers(0, 2, n), steps=3, batch_size=rows, engine="certified",
+                engine_options={"blas_gradient": 0.0}, loss="cross_entropy", optimizer="adam",
+                train_output=True, threads=threads,
+            )  # fmt: skip

@@ -238,8 +238,27 @@ def distributed(r, out, name):
     return [save(fig, os.path.join(out, f"{name}.png"))]
 
 
+def tta(r, out, name):
+    """Test accuracy against training wall time (evaluation excluded), one line per method."""
+    from corrtree.plots import save
+
+    fig, ax = _fig()
+    for method, run in r["runs"].items():
+        ax.plot(run["train_seconds"], run["test_accuracy"], ".-", ms=3, label=method)
+    for t in r["targets"]:
+        ax.axhline(t, color="grey", lw=0.6, ls=":")
+    ax.set_ylim(max(0.5, min(min(x["test_accuracy"]) for x in r["runs"].values())), None)
+    ax.set_xlabel("training wall time, s (preprocessing included, evaluation excluded)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(
+        f"Fashion-MNIST, m = {r['m']}, batch {r['batch']}, {r['epochs']} epochs", fontsize=9
+    )
+    ax.legend(fontsize=8)
+    return [save(fig, os.path.join(out, f"{name}.png"))]
+
+
 PLOTS = {"sparsity": sparsity, "preprocessing": preprocessing, "periter": periter, "dims": dims}
-NAMED = {"deep": deep, "distributed": distributed}  # drawn under the result file's name
+NAMED = {"deep": deep, "distributed": distributed, "tta": tta}  # drawn under the file's name
 
 
 def main(argv=None):

@@ -11,10 +11,20 @@ and the loss, and hands the residuals back. One step is, for an engine ``eng``::
     moved = eng.backward(firing, E, lr)  # gradient and w -= lr * g; ids of neurons written
     eng.maintain(moved)                # bring the index up to date with the moved neurons
 
-``backward`` may fuse part of the maintenance into the update (certified does), in which case
-``maintain`` does what is left. Because F is a plain sum over neurons, several engines over
-disjoint blocks of neurons (shards, each a ``ShiftedReLUNet.from_weights`` over its rows with
-the whole network's ``scale``) are trained exactly by summing their F.
+E is dLoss/dF of the step's loss (F - Y for the paper's squared loss). ``backward`` may fuse
+part of the maintenance into the update (certified does), in which case ``maintain`` does
+what is left. Optimizers other than plain SGD, and a trained output layer, split the update::
+
+    ids, GA = eng.output_gradient(firing, E)  # dLoss/dA rows (before gradient: see there)
+    ids, G = eng.gradient(firing, E)       # dLoss/dW rows of the neurons with a firing pair
+    moved = eng.apply(firing, ids, D)      # W[ids] -= D, the optimizer's step
+
+The base class implements ``backward`` from ``gradient`` and ``apply``, so an engine needs
+either the fused ``backward`` or the two parts; the split path needs the parts.
+
+Because F is a plain sum over neurons, several engines over disjoint blocks of neurons
+(shards, each a ``ShiftedReLUNet.from_weights`` over its rows with the whole network's
+``scale``) are trained exactly by summing their F.
 """
 
 from __future__ import annotations
@@ -163,7 +173,27 @@ class Engine:
         raise NotImplementedError
 
     def backward(self, firing: Firing, E: np.ndarray, lr: float) -> np.ndarray:
-        raise NotImplementedError
+        """The step w -= lr * g over the rows with a gradient; returns the moved neurons."""
+        ids, G = self.gradient(firing, E)
+        G *= self.net.dtype.type(lr)
+        return self.apply(firing, ids, G)
+
+    def gradient(self, firing: Firing, E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, G): the neurons with at least one firing pair in the batch (sorted, int64)
+        and their rows of dLoss/dW for the residuals E. May reuse the firing record's
+        buffers: call ``output_gradient`` first."""
+        raise NotImplementedError(f"engine {self.name!r} does not split its backward pass")
+
+    def output_gradient(self, firing: Firing, E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, GA): the neurons with a firing pair and their rows of dLoss/dA,
+        scale * sum over firing pairs of (z - b) * E[row]."""
+        raise NotImplementedError(f"engine {self.name!r} cannot train the output layer")
+
+    def apply(self, firing: Firing, ids: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """W[ids] -= D (an optimizer's step); returns the moved neurons for ``maintain``."""
+        self.net.W[ids] -= D
+        self.counters["steps"] += 1
+        return ids
 
     def maintain(self, moved: np.ndarray) -> None:
         """Bring the engine's index up to date after the neurons ``moved`` were written."""
@@ -204,6 +234,13 @@ class PairFiring(Firing):
     ptr: np.ndarray = field(repr=False, default=None)
     idx: np.ndarray = field(repr=False, default=None)
     val: np.ndarray = field(repr=False, default=None)
+    _by_neuron: S.Pairs | None = field(repr=False, default=None)
+
+    def by_neuron(self, m: int) -> S.Pairs:
+        """The pairs neuron-major: (ptr over the m neurons, batch rows, correlations)."""
+        if self._by_neuron is None:
+            self._by_neuron = S.Pairs(*S.transpose(self.ptr, self.idx, self.val, m))
+        return self._by_neuron
 
 
 class SparseEngine(Engine):
@@ -224,17 +261,20 @@ class SparseEngine(Engine):
         S.forward(firing.ptr, firing.idx, firing.val, net.A, self.b, self.scale, F)
         return F
 
-    def backward(self, firing, E, lr):
+    def gradient(self, firing, E):
         net = self.net
-        col_ptr, prow, _ = S.transpose(firing.ptr, firing.idx, firing.idx, self.m)
+        col_ptr, prow, _ = firing.by_neuron(self.m)
         coef = np.empty(prow.size, dtype=net.dtype)
         S.neuron_coefficients(col_ptr, prow, net.A, E, self.scale, coef)
         neurons = np.flatnonzero(np.diff(col_ptr))
         G = np.empty((neurons.size, net.d), dtype=net.dtype)
         S.neuron_gradient(col_ptr, prow, coef, neurons, self.X, firing.rows, G)
-        if neurons.size:
-            G *= net.dtype.type(lr)
-            net.W[neurons] -= G
         self.counters["gradient_madds"] += prow.size * net.d
-        self.counters["steps"] += 1
-        return neurons
+        return neurons, G
+
+    def output_gradient(self, firing, E):
+        col_ptr, prow, pval = firing.by_neuron(self.m)
+        neurons = np.flatnonzero(np.diff(col_ptr))
+        GA = np.empty((neurons.size, self.net.n_outputs), dtype=self.net.dtype)
+        S.neuron_output_gradient(col_ptr, prow, pval, self.b, E, self.scale, neurons, GA)
+        return neurons, GA

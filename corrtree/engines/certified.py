@@ -456,11 +456,53 @@ class CertifiedEngine(Engine):
             lr,
             S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh),
         )
-        self._batch = 0 if firing.first else rows.size  # checks charged to each hot neuron
-        self._hot_work += self._batch * (nh - self.n_dense)
-        self.counters["gradient_madds"] += firing.pairs * net.d
-        self.counters["steps"] += 1
+        self._after_step(firing)
         return moved
+
+    def _after_step(self, firing) -> None:
+        self._batch = 0 if firing.first else firing.rows.size  # checks charged to each hot one
+        self._hot_work += self._batch * (self.hot_ids.size - self.n_dense)
+        self.counters["gradient_madds"] += firing.pairs * self.net.d
+        self.counters["steps"] += 1
+
+    def gradient(self, firing, E):
+        net = self.net
+        nptr, frows, _ = firing.found
+        coef = np.empty(frows.size, dtype=net.dtype)
+        S.neuron_coefficients(nptr, frows, net.A, E, self.scale, coef)
+        ids = np.flatnonzero(np.diff(nptr))
+        G = np.empty((ids.size, net.d), dtype=net.dtype)
+        S.neuron_gradient(nptr, frows, coef, ids, firing.Xb, self._every(firing.rows.size), G)
+        if firing.blas:  # the hot block's gradient, C_hot @ X_batch, for the hot rows that fired
+            hot = self._hot_fired(firing)
+            C = self._buffer("Chot", (self.hot_ids.size, firing.rows.size))
+            S.hot_coefficient_matrix(firing.Zhot, self.b, net.A, self.hot_ids, E, self.scale, C)
+            ids, G = _merge_rows(ids, G, self.hot_ids[hot], matmul(C[hot], firing.Xb))
+        return ids, G
+
+    def output_gradient(self, firing, E):
+        net = self.net
+        nptr, frows, fval = firing.found
+        ids = np.flatnonzero(np.diff(nptr))
+        GA = np.empty((ids.size, net.n_outputs), dtype=net.dtype)
+        S.neuron_output_gradient(nptr, frows, fval, self.b, E, self.scale, ids, GA)
+        if firing.blas:
+            hot = self._hot_fired(firing)
+            H = np.maximum(firing.Zhot[hot] - self.b, 0)
+            GAh = H @ E
+            GAh *= self.scale
+            ids, GA = _merge_rows(ids, GA, self.hot_ids[hot], GAh)
+        return ids, GA
+
+    def apply(self, firing, ids, D):
+        """W[ids] -= D, each moved row's drift (or hot copy) written in the same pass."""
+        S.apply_rows(self.net.W, ids, D, S.Drift(self.W_ref, self.delta, self.hot_pos, self._Wh))
+        self._after_step(firing)
+        return ids
+
+    def _hot_fired(self, firing) -> np.ndarray:
+        """Positions in the hot set of the hot neurons with a firing pair in the batch."""
+        return np.flatnonzero(firing.hot_fired > 0)
 
     def maintain(self, moved):
         """Neurons whose drift passed the slack turn hot; hot neurons that have cost as much
@@ -631,6 +673,13 @@ def _room(a, keep, need, scale):
         return a
     cap = max(need, int(1.1 * need * scale) + 1024)
     return np.concatenate([a[:keep], np.empty(cap - keep, dtype=a.dtype)])
+
+
+def _merge_rows(ids, G, more_ids, more_G):
+    """Rows of two disjoint sets of neurons as one, sorted by neuron id."""
+    ids = np.concatenate([ids, more_ids])
+    order = np.argsort(ids, kind="stable")
+    return ids[order], np.concatenate([G, more_G])[order]
 
 
 def _round_down(t, dtype):

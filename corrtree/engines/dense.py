@@ -90,6 +90,29 @@ class DenseEngine(Engine):
         return F
 
     def backward(self, firing, E, lr):
+        G = self._gradient(firing, E)
+        G *= self.net.dtype.type(lr)
+        self.net.W -= G
+        self.counters["steps"] += 1
+        return np.flatnonzero(firing.fired)
+
+    def gradient(self, firing, E):
+        G = self._gradient(firing, E)
+        ids = np.flatnonzero(firing.fired)
+        return ids, G[ids]
+
+    def output_gradient(self, firing, E):
+        net = self.net
+        Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
+        GA = np.zeros((self.m, net.n_outputs), dtype=net.dtype)
+        for lo, H in self._blocks(firing, Xb):
+            GA += H.T @ E[lo : lo + H.shape[0]]
+        GA *= self.scale
+        ids = np.flatnonzero(firing.fired)
+        return ids, GA[ids]
+
+    def _gradient(self, firing, E) -> np.ndarray:
+        """dLoss/dW for all m neurons into the kept buffer (H is overwritten)."""
         net = self.net
         Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
         if self._G is None:
@@ -109,12 +132,9 @@ class DenseEngine(Engine):
                 written = True
         if not written:
             G.fill(0)
-        G *= net.dtype.type(lr)
-        net.W -= G
         self.counters["inner_products"] += Xb.shape[0] * self.m
         self.counters["gradient_madds"] += Xb.shape[0] * self.m * net.d
-        self.counters["steps"] += 1
-        return np.flatnonzero(firing.fired)
+        return G
 
     def _blocks(self, firing, Xb):
         """(first row, H) per block of rows: the kept H, or H computed again per block."""
