@@ -33,7 +33,7 @@ from ._kernels import sparse as S
 from ._validation import as_float_array, as_positive_int, as_scalar
 from .engines.base import PHASES, StepInfo
 from .losses import Squared
-from .model import ShiftedReLUNet, _as_dtype, default_threshold, init_weights
+from .model import Network, ShiftedReLUNet, _as_dtype, default_threshold, init_weights
 
 __all__ = ["DeepEngine", "ShiftedReLUMLP", "layer_scale", "reference_step"]
 
@@ -52,7 +52,7 @@ def layer_scale(m_prev: int, b_prev: float) -> float:
     return 1.0 / math.sqrt(m_prev * max(relu_second_moment(b_prev), 1e-8))
 
 
-class ShiftedReLUMLP:
+class ShiftedReLUMLP(Network):
     """A deep shifted-ReLU network (see the module docstring).
 
     Parameters
@@ -104,7 +104,6 @@ class ShiftedReLUMLP:
         self.W1, self.Wt, self.A = W1, dict(Wt), A
         self.d = W1.shape[1]
         self.widths = (W1.shape[0],) + tuple(Wt[l].shape[1] for l in sorted(Wt))
-        self.depth = len(self.widths)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.n_outputs = A.shape[1]
         self.dtype = W1.dtype
@@ -161,12 +160,10 @@ class ShiftedReLUMLP:
                 raise ValueError(f"{name} must be a C-contiguous, writable {self.dtype} array")
             as_float_array(arr, name, 2)
 
-    # the same checks, predict and loss as the two-layer network (they read d, dtype,
-    # n_outputs and outputs)
-    check_X = ShiftedReLUNet.check_X
-    check_y = ShiftedReLUNet.check_y
-    predict = ShiftedReLUNet.predict
-    loss = ShiftedReLUNet.loss
+    def finite(self) -> bool:
+        return all(
+            np.isfinite(np.sum(w, dtype=np.float64)) for w in (self.W1, *self.Wt.values(), self.A)
+        )
 
     # --- outputs ----------------------------------------------------------------------------
     def activations(self, X: np.ndarray) -> list[np.ndarray]:
@@ -408,5 +405,4 @@ class DeepEngine:  # the training loop's stepper for deep networks
         return {**self.first.stats(), **self.counters}
 
     def finite(self) -> bool:
-        net = self.net
-        return all(np.isfinite(np.sum(w, dtype=np.float64)) for w in (net.W1, *net.Wt.values()))
+        return self.net.finite()

@@ -32,7 +32,7 @@ import numpy as np
 from ._validation import as_positive_int, check_memory, fmt_bytes
 from .engines import engine_class
 from .engines.base import PHASES, StepInfo
-from .model import ShiftedReLUNet, _as_dtype, default_threshold
+from .model import Network, ShiftedReLUNet, _as_dtype, default_threshold
 
 __all__ = ["Cluster", "ShardedNet", "WorkerLostError", "shard_ranges"]
 
@@ -236,12 +236,11 @@ class _Shard:
             return self.net.outputs(X)
 
     def firing_counts(self, X) -> np.ndarray:
-        from .run import firing_counts
-
-        return firing_counts(self.net, X)
+        with self._context():
+            return self.net.firing_counts(X)
 
     def finite(self) -> bool:
-        return bool(np.isfinite(np.sum(self.net.W, dtype=np.float64)))
+        return self.net.finite()
 
     def weights(self):
         return self.net.W, self.net.A
@@ -286,7 +285,7 @@ def _get(refs, step: int | None = None, timeout: float | None = None):
         raise WorkerLostError(step, e) from None
 
 
-class ShardedNet:
+class ShardedNet(Network):
     """A ``ShiftedReLUNet`` whose neurons live in blocks on Ray workers (actors).
 
     ``ShardedNet(d, width, threshold, seed, dtype, n_outputs, workers=4)`` initialises each
@@ -421,10 +420,11 @@ class ShardedNet:
         return len(self.ranges)
 
     # --- the network's interface --------------------------------------------------------
-    check_X = ShiftedReLUNet.check_X
-    check_y = ShiftedReLUNet.check_y
-    predict = ShiftedReLUNet.predict
-    loss = ShiftedReLUNet.loss
+    sharded = True
+
+    @property
+    def thresholds(self) -> tuple[float]:
+        return (self.threshold,)
 
     def validate(self) -> None:
         if not self.actors:

@@ -11,6 +11,7 @@ from ._validation import FLOAT_DTYPES, as_float_array, as_positive_int, as_scala
 
 __all__ = [
     "INIT_BLOCK",
+    "Network",
     "ShiftedReLUNet",
     "default_threshold",
     "firing_probability",
@@ -72,7 +73,74 @@ def init_weights(
     return W, A
 
 
-class ShiftedReLUNet:
+class Network:
+    """What training, run folders and the estimators use of a network, whatever its kind
+    (``ShiftedReLUNet``; ``corrtree.deep.ShiftedReLUMLP``; ``corrtree.distributed.ShardedNet``,
+    whose neurons live on Ray workers; ``corrtree.sharded.ShardedModel``, stored as shards).
+
+    A kind sets ``d``, ``n_outputs``, ``dtype`` and ``thresholds`` (one shift per hidden
+    layer) and implements ``outputs`` (of checked inputs), ``firing_counts`` and ``finite``;
+    ``sharded`` says that its weights are written by its own ``save`` (shards), not as one
+    state. Inputs are checked, and outputs predicted and scored, here for every kind."""
+
+    d: int
+    n_outputs: int
+    dtype: np.dtype
+    thresholds: tuple[float, ...]
+    sharded = False
+
+    @property
+    def depth(self) -> int:
+        """Hidden layers (1 for the paper's network)."""
+        return len(self.thresholds)
+
+    def check_X(self, X) -> np.ndarray:
+        X = as_float_array(X, "X", 2, dtype=self.dtype)
+        if X.shape[1] != self.d:
+            raise ValueError(
+                f"X has {X.shape[1]} features but the network was built for d={self.d}"
+            )
+        return X
+
+    def check_y(self, y, n: int) -> np.ndarray:
+        """Targets as an (n, n_outputs) array."""
+        ndim = np.ndim(y)
+        y = as_float_array(y, "y", ndim if ndim in (1, 2) else 1, dtype=self.dtype)
+        if y.ndim == 1:
+            y = y[:, None]
+        if y.shape != (n, self.n_outputs):
+            raise ValueError(
+                f"y has shape {y.shape} but expected ({n},) or ({n}, "
+                f"{self.n_outputs}) for {n} points and {self.n_outputs} outputs"
+            )
+        return y
+
+    def outputs(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_outputs) outputs of already-checked inputs."""
+        raise NotImplementedError
+
+    def firing_counts(self, X: np.ndarray) -> np.ndarray:
+        """Hidden units firing on each point of already-checked inputs (all layers)."""
+        raise NotImplementedError
+
+    def finite(self) -> bool:
+        """Whether every weight is finite."""
+        raise NotImplementedError
+
+    def predict(self, X) -> np.ndarray:
+        """Network outputs: (n,) for one output, (n, n_outputs) otherwise."""
+        out = self.outputs(self.check_X(X))
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def loss(self, X, y) -> float:
+        """1/2 * sum of squared errors over all points and outputs."""
+        X = self.check_X(X)
+        y = self.check_y(y, X.shape[0])
+        e = self.outputs(X) - y
+        return 0.5 * float(np.sum(e.astype(np.float64) ** 2))
+
+
+class ShiftedReLUNet(Network):
     """f(W, x) = scale * sum_r a_r max(<w_r, x> - b, 0), scale = 1/sqrt(m); only W is trained.
 
     Parameters
@@ -205,27 +273,9 @@ class ShiftedReLUNet:
                 raise ValueError(f"net.{name} must be a C-contiguous, writable array")
             as_float_array(arr, f"net.{name}", 2)  # finiteness, with the first bad index
 
-    # --- inputs ---------------------------------------------------------------------------
-    def check_X(self, X) -> np.ndarray:
-        X = as_float_array(X, "X", 2, dtype=self.dtype)
-        if X.shape[1] != self.d:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the network was built for d={self.d}"
-            )
-        return X
-
-    def check_y(self, y, n: int) -> np.ndarray:
-        """Targets as an (n, n_outputs) array."""
-        ndim = np.ndim(y)
-        y = as_float_array(y, "y", ndim if ndim in (1, 2) else 1, dtype=self.dtype)
-        if y.ndim == 1:
-            y = y[:, None]
-        if y.shape != (n, self.n_outputs):
-            raise ValueError(
-                f"y has shape {y.shape} but expected ({n},) or ({n}, "
-                f"{self.n_outputs}) for {n} points and {self.n_outputs} outputs"
-            )
-        return y
+    @property
+    def thresholds(self) -> tuple[float]:
+        return (self.threshold,)
 
     # --- outputs ----------------------------------------------------------------------------
     def hidden(self, X) -> np.ndarray:
@@ -246,17 +296,16 @@ class ShiftedReLUNet:
         out *= scale
         return out
 
-    def predict(self, X) -> np.ndarray:
-        """Network outputs: (n,) for one output, (n, n_outputs) otherwise."""
-        out = self.outputs(self.check_X(X))
-        return out[:, 0] if self.n_outputs == 1 else out
+    def firing_counts(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Neurons firing on each point, computed densely in blocks."""
+        out = np.empty(X.shape[0], dtype=np.int64)
+        b = self.dtype.type(self.threshold)
+        for lo in range(0, X.shape[0], chunk):
+            out[lo : lo + chunk] = (matmul(X[lo : lo + chunk], self._W.T) > b).sum(axis=1)
+        return out
 
-    def loss(self, X, y) -> float:
-        """1/2 * sum of squared errors over all points and outputs."""
-        X = self.check_X(X)
-        y = self.check_y(y, X.shape[0])
-        e = self.outputs(X) - y
-        return 0.5 * float(np.sum(e.astype(np.float64) ** 2))
+    def finite(self) -> bool:
+        return bool(np.isfinite(np.sum(self._W, dtype=np.float64) + np.sum(self._A)))
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from ._validation import check_memory
 from .datasets import load_dataset
 from .engines import ENGINES, engine_class
 from .losses import LOSSES, get_loss
-from .model import ShiftedReLUNet
+from .model import Network, ShiftedReLUNet
 from .optim import OPTIMIZERS, SCHEDULES, Adam, get_optimizer
 from .train import DivergenceError, auto_lr, train
 
@@ -173,13 +173,9 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def firing_counts(net: ShiftedReLUNet, X: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Neurons firing on each point, computed densely in blocks."""
-    out = np.empty(X.shape[0], dtype=np.int64)
-    b = net.dtype.type(net.threshold)
-    for lo in range(0, X.shape[0], chunk):
-        out[lo : lo + chunk] = (X[lo : lo + chunk] @ net.W.T > b).sum(axis=1)
-    return out
+def firing_counts(net: Network, X: np.ndarray) -> np.ndarray:
+    """Hidden units firing on each point (``net.firing_counts``)."""
+    return net.firing_counts(X)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str, n_classes: int) -> float:
@@ -561,7 +557,7 @@ def _save(net, out: str, kind: str, step: int, chash: str, optim: dict | None = 
     """The network's weights as ``kind`` ("model" or "checkpoint"): one .npz, or shards and
     their index for a sharded network; the other form of the same kind is removed. ``optim``:
     the optimizer's state, saved with a checkpoint."""
-    if hasattr(net, "save"):
+    if net.sharded:
         net.save(out, kind, step=step, config_hash=chash)
         _remove(os.path.join(out, f"{kind}.npz"))
     else:
@@ -582,19 +578,17 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
     X = data.X.astype(net.dtype)
     _io.write_json(os.path.join(out, "config.json"), asdict(cfg))
     if start == 0:
-        metrics["fired_per_point_start"] = _firing_counts(net, X)
+        metrics["fired_per_point_start"] = net.firing_counts(X)
     log(
         f"{data.name}: n={data.n}, d={data.d}, outputs={net.n_outputs}; "
         + (
-            f"widths={list(net.widths)}"
-            if hasattr(net, "widths")
-            else f"width={net.width}, b={net.threshold:.4f}"
+            f"widths={list(cfg.widths)}"
+            if cfg.widths
+            else f"width={cfg.width}, b={net.thresholds[0]:.4f}"
         )
         + f", engine={cfg.engine}, {cfg.dtype}, {total} steps"
         + (f", {cfg.workers} workers" if cfg.workers else "")
     )
-    b = net.thresholds[0] if hasattr(net, "thresholds") else net.threshold
-    depth = getattr(net, "depth", 1)
     loss_name, opt_name, train_output = cfg.parts(data.labels is not None)
     loss = get_loss(loss_name)
     optimizer = get_optimizer(opt_name)
@@ -605,7 +599,7 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
     elif isinstance(optimizer, Adam):
         metrics["lr"] = ADAM_LR
     else:
-        metrics["lr"] = auto_lr(data.n, cfg.batch_size, b, depth)
+        metrics["lr"] = auto_lr(data.n, cfg.batch_size, net.thresholds[0], net.depth)
     metrics["recipe"] = {
         "loss": loss_name,
         "optimizer": opt_name,
@@ -634,12 +628,7 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
         metrics["steps"].append(row)
         done = t + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            finite = (
-                net.finite()
-                if hasattr(net, "finite")
-                else np.isfinite(np.sum(net.W, dtype=np.float64))
-            )
-            if not finite:
+            if not net.finite():
                 raise DivergenceError(t, "the weights hold NaN or inf", info.loss)
             _io.write_json(os.path.join(out, "metrics.json"), metrics)
             _save(net, out, "checkpoint", done, chash, optimizer.state_dict())
@@ -723,7 +712,7 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
     try:
         _save(net, out, "model", total, chash)
     except OSError as e:
-        if hasattr(net, "save"):
+        if net.sharded:
             raise
         fallback = os.path.join(
             tempfile.gettempdir(), f"corrtree-model-{os.getpid()}-{int(time.time())}.npz"
@@ -739,7 +728,7 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
             step=np.array(total),
             config_hash=np.array(chash),
         )
-    metrics["fired_per_point_end"] = _firing_counts(net, X)
+    metrics["fired_per_point_end"] = net.firing_counts(X)
     outputs = net.outputs(X)
     metrics["final_loss"] = loss(outputs, loss.targets(Y, X.shape[0], Y.shape[1], net.dtype))[0]
     if data.labels is not None:
@@ -768,10 +757,6 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
         summary["figures"] = []
         log(f"warning: figures not written: {_io.describe_oserror(e)}")
     return summary
-
-
-def _firing_counts(net, X: np.ndarray) -> np.ndarray:
-    return net.firing_counts(X) if hasattr(net, "firing_counts") else firing_counts(net, X)
 
 
 def _done_steps(out: str) -> int:

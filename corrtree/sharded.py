@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _io
 from ._validation import check_memory
-from .model import ShiftedReLUNet
+from .model import Network, ShiftedReLUNet
 
 __all__ = ["FORMAT", "ShardedModel", "commit_index", "read_rows", "shard_path"]
 
@@ -103,7 +103,7 @@ def read_rows(source: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(W[lo:hi]), np.ascontiguousarray(A[lo:hi])
 
 
-class ShardedModel:
+class ShardedModel(Network):
     """A trained network stored as shards (see the module docstring), read from its index.
 
     ``outputs``, ``predict`` and ``loss`` stream over the shards, holding one in memory at a
@@ -131,10 +131,14 @@ class ShardedModel:
             W, A = _load_shard(self.folder, s, self.dtype)
             yield ShiftedReLUNet.from_weights(W, A, self.threshold, scale=self.scale)
 
-    check_X = ShiftedReLUNet.check_X
-    check_y = ShiftedReLUNet.check_y
-    predict = ShiftedReLUNet.predict
-    loss = ShiftedReLUNet.loss
+    sharded = True
+
+    @property
+    def thresholds(self) -> tuple[float]:
+        return (self.threshold,)
+
+    def finite(self) -> bool:
+        return all(net.finite() for net in self._nets())
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         X = self.check_X(X)
@@ -144,10 +148,8 @@ class ShardedModel:
         return out
 
     def firing_counts(self, X: np.ndarray) -> np.ndarray:
-        from .run import firing_counts
-
         X = self.check_X(X)
-        return sum(firing_counts(net, X) for net in self._nets())
+        return sum(net.firing_counts(X) for net in self._nets())
 
     def gather(self, max_memory: int | None = None) -> ShiftedReLUNet:
         """The whole network in this process (refused if W would not fit)."""

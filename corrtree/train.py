@@ -329,12 +329,8 @@ def train(
 
     deep = isinstance(net, ShiftedReLUMLP)
     if lr is None:
-        if isinstance(optimizer, Adam):
-            lr = 1e-3
-        elif deep:
-            lr = auto_lr(n, batch_size, net.thresholds[0], net.depth)
-        else:
-            lr = auto_lr(n, batch_size, net.threshold)
+        adam = isinstance(optimizer, Adam)
+        lr = 1e-3 if adam else auto_lr(n, batch_size, net.thresholds[0], net.depth)
     lr = as_scalar(lr, "lr")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -433,8 +429,7 @@ class _LocalStepper:
         )
 
     def finite(self) -> bool:
-        net = self.engine.net
-        return bool(np.isfinite(np.sum(net.W, dtype=np.float64) + np.sum(net.A)))
+        return self.engine.net.finite()
 
     def stats(self) -> dict:
         return self.engine.stats()
