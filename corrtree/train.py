@@ -324,6 +324,8 @@ def train(
         )
     elif target_accuracy is not None or patience is not None:
         raise ValueError("target_accuracy and patience need a held-out set: eval=(X, y)")
+    if patience is not None and (net.sharded or workers is not None or cluster is not None):
+        raise ValueError("patience keeps the best weights in this process: not for sharded runs")
     from .deep import DeepEngine, ShiftedReLUMLP
     from .distributed import ShardedNet
 

@@ -329,6 +329,9 @@ def test_recipe_argument_errors(rng):
     with pytest.raises(ValueError, match="target_accuracy"):
         ct.train(net, X, np.zeros(10, int), steps=1, loss="cross_entropy", eval=(X, [0] * 10),
                  target_accuracy=2)  # fmt: skip
+    with pytest.raises(ValueError, match="not for sharded runs"):
+        ct.train(net, X, np.zeros(10, int), steps=1, loss="cross_entropy", eval=(X, [0] * 10),
+                 patience=2, workers=2)  # fmt: skip
     with pytest.raises(TypeError, match="train_output"):
         ct.train(net, X, np.zeros((10, 2)), steps=1, train_output="yes")
 
