@@ -1,0 +1,38 @@
+"""docs/cli.md against the parser: every option of every subcommand is documented in its
+section, and every option a section names exists."""
+
+import argparse
+import os
+import re
+
+import pytest
+
+from corrtree.cli import build_parser
+
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _sections():
+    text = open(DOC).read()
+    parts = re.split(r"^## `corrtree (\w+)", text, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+@pytest.mark.parametrize("name", ["train", "info", "predict", "demo", "hardness"])
+def test_cli_doc_matches_parser(name):
+    sub = _subparsers()[name]
+    options = {
+        s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"
+    }
+    section = _sections()[name]
+    named = set(re.findall(r"(--[a-z][a-z0-9-]*)", section))
+    undocumented = sorted(options - named)
+    unknown = sorted(named - options)
+    assert not undocumented, f"corrtree {name}: options missing from docs/cli.md: {undocumented}"
+    assert not unknown, f"corrtree {name}: docs/cli.md names options that do not exist: {unknown}"
