@@ -146,7 +146,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="an option of the engine, e.g. slack=0.3 for certified (repeatable; the "
         "engines' options are listed in docs/engines.md)",
     )
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="precision of the weights and every computation (default: float64)",
+    )
     g.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     g.add_argument(
         "--threads", type=_positive, help="numba and BLAS threads (per worker with --workers)"
@@ -442,7 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("dir", help="run folder")
     r.add_argument("--dataset", help="dataset (default: the run's)")
-    r.add_argument("--split", choices=("train", "test"), default="train")
+    r.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="which split of the dataset (test: Fashion-MNIST's test images; default: train)",
+    )
     r.add_argument("--n", type=_positive, help="use the first N points")
     r.add_argument("--data-dir", help="folder with Fashion-MNIST's files")
     r.add_argument("--save", metavar="FILE.npz", help="write the outputs (array 'outputs')")
@@ -454,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Fashion-MNIST if installed, else digits",
     )
     d.add_argument("--out", default="runs/demo", help="folder for both runs")
-    d.add_argument("--steps", type=_positive, default=10)
-    d.add_argument("--width", type=_positive, default=1 << 16)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--steps", type=_positive, default=10, help="GD steps (default: 10)")
+    d.add_argument("--width", type=_positive, default=1 << 16, help="neurons (default: 65536)")
+    d.add_argument("--quiet", action="store_true", help="only the summary")
     d.set_defaults(func=cmd_demo)
 
     h = sub.add_parser(
@@ -468,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--n", type=_positive, default=512, help="vectors on each side (default 512)")
     h.add_argument("--d", type=_positive, default=20, help="dimension (default 20, ~ log n)")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--seed", type=int, default=0, help="instance seed (default: 0)")
     h.set_defaults(func=cmd_hardness)
 
     from .bench import BENCHMARKS

@@ -36,3 +36,13 @@ def test_cli_doc_matches_parser(name):
     unknown = sorted(named - options)
     assert not undocumented, f"corrtree {name}: options missing from docs/cli.md: {undocumented}"
     assert not unknown, f"corrtree {name}: docs/cli.md names options that do not exist: {unknown}"
+
+
+def test_every_option_has_help():
+    missing = [
+        f"{name} {a.option_strings[0]}"
+        for name, sub in _subparsers().items()
+        for a in sub._actions
+        if a.option_strings and not a.help
+    ]
+    assert not missing, f"options without a help string: {missing}"
