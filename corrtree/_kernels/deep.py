@@ -38,7 +38,7 @@ def above(Z, b):
     return ptr, idx, val
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@njit(parallel=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def spmm(col_ptr, rows, vals, b, Wt, out):
     """out[i, :] = sum over units k firing on row i of (vals - b) * Wt[k, :]: the next layer's
     pre-activations from a sparse input. Tasks own column tiles and sum into a contiguous
