@@ -280,3 +280,27 @@ def test_adam_resume_and_extension_are_exact(tmp_path):
     # float64: the same up to the order of sums over firing pairs after a new index
     np.testing.assert_allclose(a["W"], b["W"], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(a["a"], b["a"], rtol=1e-12, atol=1e-14)
+
+
+def test_deep_runs_checkpoint_and_resume(tmp_path):
+    """A deep run writes checkpoints, and resumed from one ends where the straight run does."""
+    from corrtree.run import RunConfig, run_training
+
+    cfg = dict(dataset="digits", widths=[256, 128], batch_size=100, dtype="float64",
+               recipe="paper", checkpoint_every=4)  # fmt: skip
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    run_training(full, RunConfig(steps=10, **cfg), progress=False, log=lambda *a: None)
+
+    def stop(t, net, info):
+        if t == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(part, RunConfig(steps=10, **cfg), callback=stop, progress=False,
+                     log=lambda *a: None)  # fmt: skip
+    assert int(np.load(os.path.join(part, "checkpoint.npz"))["step"]) == 4
+    assert cli.main(["train", "--resume", part, "--quiet"]) == 0
+    a, b = np.load(os.path.join(full, "model.npz")), np.load(os.path.join(part, "model.npz"))
+    for key in a.files:
+        if key != "config_hash":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-14, err_msg=key)
