@@ -21,10 +21,15 @@ EXACTNESS = {
     "dims": lambda r: r["all_exact"],
     "distributed": lambda r: r["all_exact"] and len(r["configs"]) == 2,
     "deep": lambda r: r["all_exact"] and len(r["runs"]) == 2,
+    "tta": lambda r: r["exact_gap_float64"] <= 1e-12 and len(r["rows"]) == 3,
 }
 
 
-NEEDS = {"distributed": "ray", "deep": "torch"}  # benchmarks that need an optional extra
+NEEDS = {
+    "distributed": "ray",
+    "deep": "torch",
+    "tta": "torch",
+}  # benchmarks that need an optional extra
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +106,7 @@ def test_plots_from_json(results, tmp_path):
         "gd.png",
         "sgd.png",
         "epochs.png",
+        "tta.png",
     ):
         assert expected in pngs
         assert (tmp_path / expected).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,3 +135,23 @@ def test_bench_listing_and_errors(capsys):
     with pytest.raises(SystemExit):
         gd.main(["--quick", "--steps", "0"])
     assert cli(["bench", "plots", "--results", "/nonexistent"]) == 2
+
+
+def test_tta_report(results):
+    """Time to a test accuracy: every method's curve, wall times that grow, and the ratios
+    against the dense Adam step taken from the first evaluation at each target."""
+    r = json.loads((results / "tta.json").read_text())
+    rows = {row["method"]: row for row in r["rows"]}
+    assert set(rows) == {"corrtree-adam", "torch-adam", "torch-adam-relu"}
+    for name, run in r["runs"].items():
+        assert all(
+            a < b for a, b in zip(run["train_seconds"], run["train_seconds"][1:], strict=False)
+        )
+        assert len(run["eval_step"]) == len(run["test_accuracy"])
+        for t in r["targets"]:
+            hit = [
+                c for a, c in zip(run["test_accuracy"], run["train_seconds"], strict=True) if a >= t
+            ]
+            assert rows[name][f"seconds_to_{t}"] == (hit[0] if hit else None)
+    # the same recipe from the same weights and batches: the same accuracy, within lazy Adam
+    assert abs(rows["corrtree-adam"]["best_accuracy"] - rows["torch-adam"]["best_accuracy"]) < 0.03

@@ -365,3 +365,13 @@ def test_deep_and_sharded_networks_refuse_other_recipes(rng):
     # the losses reach deep networks: cross-entropy's gradient starts the backward pass
     hist = ct.train(mlp, X, rng.integers(0, 2, 20), steps=3, lr=0.5, loss="cross_entropy")
     assert all(np.isfinite(hist.loss))
+
+
+def test_dense_engine_checks_memory(rng, monkeypatch):
+    X = unit_rows(rng, 50, 4)
+    net = ct.ShiftedReLUNet(4, 100)
+    with pytest.raises(MemoryError, match="dense engine's buffers"):
+        ct.train(net, X, np.zeros(50), steps=1, engine="dense", max_memory=10)
+    monkeypatch.setenv("CORRTREE_MAX_MEMORY", "garbage")
+    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a number"):
+        ct.train(net, X, np.zeros(50), steps=1, engine="dense")

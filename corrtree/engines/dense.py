@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._blas import matmul
+from .._validation import check_memory
 from .base import Engine, Firing, Options, check_number
 
 
@@ -39,6 +40,8 @@ class DenseEngine(Engine):
 
     def __init__(self, net, X, options=None, *, max_memory=None):
         super().__init__(net, X, options, max_memory=max_memory)
+        need = self.estimate_bytes(self.n, self.m, net.d, dtype=net.dtype, options=self.options)
+        check_memory(need, f"the dense engine's buffers (n={self.n}, m={self.m})", max_memory)
         self.block = max(1, self.options.buffer_bytes // (max(1, self.m) * net.dtype.itemsize))
         self._buf = np.empty((0, self.m), dtype=net.dtype)
         self._G = None
