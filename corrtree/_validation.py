@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -92,12 +93,14 @@ def check_memory(nbytes: int, what: str, limit: int | None = None) -> None:
     env = os.environ.get("CORRTREE_MAX_MEMORY")
     if env:
         try:
-            cap = int(float(env))
+            cap = float(env)
         except ValueError:
+            cap = math.nan
+        if not (math.isfinite(cap) and cap >= 0):
             raise ValueError(
-                f"CORRTREE_MAX_MEMORY must be a number of bytes, got {env!r}"
-            ) from None
-        limit = min(limit, cap)
+                f"CORRTREE_MAX_MEMORY must be a finite number of bytes >= 0, got {env!r}"
+            )
+        limit = min(limit, int(cap))
     if nbytes > limit:
         raise MemoryError(
             f"{what} needs about {fmt_bytes(nbytes)} but only {fmt_bytes(limit)} is available; "

@@ -306,6 +306,8 @@ def train(
         raise ValueError("X has no rows: training needs at least one data point")
     if batch_size is not None:
         batch_size = as_positive_int(batch_size, "batch_size")
+    if workers is not None:
+        workers = as_positive_int(workers, "workers")
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
     per_epoch = 1 if batch_size is None else math.ceil(n / batch_size)

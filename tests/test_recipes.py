@@ -373,5 +373,20 @@ def test_dense_engine_checks_memory(rng, monkeypatch):
     with pytest.raises(MemoryError, match="dense engine's buffers"):
         ct.train(net, X, np.zeros(50), steps=1, engine="dense", max_memory=10)
     monkeypatch.setenv("CORRTREE_MAX_MEMORY", "garbage")
-    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a number"):
+    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a finite number"):
         ct.train(net, X, np.zeros(50), steps=1, engine="dense")
+
+
+@pytest.mark.parametrize("value", ["inf", "-1", "nan", "garbage"])
+def test_bad_memory_limit_is_named(value, rng, monkeypatch):
+    monkeypatch.setenv("CORRTREE_MAX_MEMORY", value)
+    net = ct.ShiftedReLUNet(4, 100)
+    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a finite number"):
+        ct.train(net, unit_rows(rng, 20, 4), np.zeros(20), steps=1, engine="dense")
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_workers_must_be_positive_before_anything_starts(workers, rng):
+    net = ct.ShiftedReLUNet(4, 100)
+    with pytest.raises(ValueError, match=f"workers must be >= 1, got {workers}"):
+        ct.train(net, unit_rows(rng, 20, 4), np.zeros(20), steps=1, workers=workers)

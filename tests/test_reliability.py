@@ -267,7 +267,7 @@ def test_memory_limit_only_lowers(tmp_path, monkeypatch):
     with pytest.raises(MemoryError, match=r"only 1000 B"):
         check_memory(2000, "a small thing")
     monkeypatch.setenv("CORRTREE_MAX_MEMORY", "lots")
-    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a number of bytes"):
+    with pytest.raises(ValueError, match="CORRTREE_MAX_MEMORY must be a finite number of bytes"):
         check_memory(1, "x")
 
 
