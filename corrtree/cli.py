@@ -308,20 +308,37 @@ def cmd_predict(args) -> int:
     from . import _io
     from .datasets import load_dataset
     from .losses import get_loss
-    from .run import RunConfig, accuracy, load_model
+    from .run import RunConfig, accuracy, held_out, load_model
 
     cfg = RunConfig.from_dict(_io.read_json(os.path.join(args.dir, "config.json")))
     net = load_model(args.dir)
+    name = args.dataset or cfg.dataset
+    own = args.dataset is None  # the run's own data: its held-out points, if it kept any
+    test_split = args.split == "test" and name == "fashion-mnist"
+    kept = own and cfg.val_fraction is not None and not test_split
+    if args.split == "test" and not (test_split or kept):
+        raise ValueError(
+            f"--split test: {name} has no test split and the run held no points out; train "
+            "with --val-fraction F to keep some, or score other data with --dataset"
+        )
     data = load_dataset(
-        args.dataset or cfg.dataset,
-        n=args.n if args.n is not None else (None if args.dataset else cfg.n),
+        name,
+        # a test split is scored whole; the run's own --n applies to its training points
+        n=args.n if args.n is not None else (cfg.n if own and not test_split else None),
         d=cfg.d,
         seed=cfg.seed,
         data_dir=args.data_dir or cfg.data_dir,
         normalize=cfg.normalize,
         targets=cfg.targets,
-        split=args.split,
+        split="test" if test_split else "train",
     )
+    points = f"the {args.split} split"
+    if kept:  # the points the run trained on, or those it held out
+        data, (points, test) = held_out(cfg, data)
+        if args.split == "test":
+            data = test
+        else:
+            points = f"the training points, {cfg.val_fraction:g} held out excluded"
     X = data.X.astype(net.dtype)
     out = net.outputs(net.check_X(X))
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
@@ -331,7 +348,7 @@ def cmd_predict(args) -> int:
         )
     loss = get_loss(cfg.parts(data.labels is not None)[0])
     value = loss(out, loss.targets(Y, Y.shape[0], Y.shape[1], out.dtype))[0]
-    line = f"{data.name} ({args.split}): n={data.n}, {loss.name} loss={value:.6g}"
+    line = f"{data.name} ({points}): n={data.n}, {loss.name} loss={value:.6g}"
     if data.labels is not None:
         line += f", accuracy={accuracy(out, data.labels, cfg.targets, data.n_classes):.4f}"
     print(line)

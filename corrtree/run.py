@@ -409,7 +409,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
         normalize=cfg.normalize,
         targets=cfg.targets,
     )
-    data, held_out = _held_out(cfg, data)
+    data, held = held_out(cfg, data)
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
     total = cfg.total_steps(data.n)
     start = 0
@@ -439,7 +439,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
         if state_path is not None:
             log(f"resuming {out} at step {start} of {total}")
         opts["optimizer_state"] = _read_optimizer(out, state_path)
-        opts["held_out"] = held_out
+        opts["held_out"] = held
         return _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log)
     finally:
         if cluster is not None:
@@ -448,9 +448,10 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts, log) -> dict:
             cluster.shutdown()
 
 
-def _held_out(cfg: RunConfig, data):
-    """(training data, held-out (name, X, y) or None) as the config says: the dataset's test
-    split (``eval="test"``) or a seeded, stratified fraction of its points."""
+def held_out(cfg: RunConfig, data):
+    """(training data, (which points, held-out Dataset) or None) as the config says: the
+    dataset's test split (``eval="test"``) or a seeded, stratified fraction of its points
+    (``val_fraction``; the same points every time for the same config and data)."""
     from .datasets import Dataset
 
     if cfg.eval == "test":
@@ -466,7 +467,7 @@ def _held_out(cfg: RunConfig, data):
             targets=cfg.targets,
             split="test",
         )
-        return data, (f"the test split ({test.n} points)", test.X, test.y)
+        return data, (f"the test split ({test.n} points)", test)
     if cfg.val_fraction is None:
         return data, None
     from sklearn.model_selection import train_test_split
@@ -481,14 +482,13 @@ def _held_out(cfg: RunConfig, data):
     except ValueError as e:
         raise ValueError(f"--val-fraction {cfg.val_fraction}: {e}") from None
     keep, held = np.sort(keep), np.sort(held)
-    sub = Dataset(
-        data.name,
-        data.X[keep],
-        data.y[keep],
-        None if data.labels is None else data.labels[keep],
-    )
+
+    def part(rows):
+        labels = None if data.labels is None else data.labels[rows]
+        return Dataset(data.name, data.X[rows], data.y[rows], labels)
+
     what = f"{cfg.val_fraction:g} of the points held out ({held.size})"
-    return sub, (what, data.X[held], data.y[held])
+    return part(keep), (what, part(held))
 
 
 def _read_optimizer(out: str, state_path: str | None) -> dict | None:
@@ -608,8 +608,8 @@ def _train_run(out, cfg, data, Y, net, start, total, metrics, opts, cluster, log
     }
     evaluation = None
     if opts["held_out"] is not None:
-        what, Xe, ye = opts["held_out"]
-        evaluation = (Xe.astype(net.dtype), ye)
+        what, test = opts["held_out"]
+        evaluation = (test.X.astype(net.dtype), test.y)
         metrics.setdefault("eval", {"points": what, "step": [], "loss": [], "accuracy": []})
         metrics["eval"].setdefault("train_seconds", [])
     chash = config_hash(cfg)

@@ -239,6 +239,19 @@ def test_val_fraction_scores_the_held_out_points(tmp_path, capsys):
     net = load_model(str(out))
     acc = np.mean(net.predict(data.X[held]).argmax(1) == data.labels[held])
     assert ev["accuracy"][-1] == pytest.approx(acc)
+    # predict --split test scores exactly those held-out points, and says so
+    assert cli.main(["predict", str(out), "--split", "test"]) == 0
+    line = capsys.readouterr().out
+    assert "n=450" in line and "held out" in line and f"accuracy={acc:.4f}" in line
+    assert cli.main(["predict", str(out)]) == 0
+    assert "n=1347" in capsys.readouterr().out
+
+
+def test_split_test_is_refused_where_there_is_none(tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert cli.main(["train", *DIGITS, "--steps", "2", "--out", str(out)]) == 0
+    assert cli.main(["predict", str(out), "--split", "test"]) == 2
+    assert "digits has no test split" in capsys.readouterr().err
 
 
 def test_target_accuracy_stops_and_eval_errors(tmp_path, capsys):
