@@ -122,7 +122,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lr",
         type=float,
-        help="learning rate (default: 1e-3 for Adam; for SGD 2 / (B p L), B the batch size "
+        help="learning rate (default: for Adam 1 / steps within [1e-3, 1e-2]; for SGD "
+        "2 / (B p L), B the batch size "
         "or n, p the firing fraction at initialisation, L the trained layers; the loss is "
         "a sum over the batch)",
     )

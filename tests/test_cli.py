@@ -217,6 +217,19 @@ def test_adam_recipe_is_the_default_and_paper_one_option_away(tmp_path):
         assert (r["loss"], r["optimizer"], r["train_output"]) == expect
         A = np.load(out / "model.npz")["a"]
         assert np.array_equal(np.abs(A), np.ones_like(A)) != expect[2]  # trained or +-1
+        if recipe is None:
+            assert metrics["lr"] == 1e-2  # a 5-step run: 1 / steps, clipped to 1e-2
+
+
+def test_adam_default_lr_follows_the_run_length_and_is_kept_on_extension(tmp_path):
+    from corrtree.run import adam_lr
+
+    assert [adam_lr(s) for s in (1, 100, 500, 1000, 5000)] == [1e-2, 1e-2, 2e-3, 1e-3, 1e-3]
+    out = tmp_path / "ext"
+    assert cli.main(["train", *DIGITS, "--steps", "400", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 1 / 400
+    assert cli.main(["train", "--resume", str(out), "--steps", "420", "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 1 / 400
 
 
 def test_val_fraction_scores_the_held_out_points(tmp_path, capsys):
