@@ -281,23 +281,29 @@ def test_target_accuracy_stops_and_eval_errors(tmp_path, capsys):
     assert "needs a held-out set" in capsys.readouterr().err
 
 
-def test_adam_resume_and_extension_are_exact(tmp_path):
-    """The optimizer's state travels with checkpoints and with the finished model: a run
-    interrupted after a checkpoint, resumed, and extended, ends where the straight run does."""
+def _straight_and_interrupted(cfg, full, full_steps, part, part_steps, at):
+    """Run ``cfg`` straight into ``full``, and into ``part`` stopped by an interrupt after
+    step ``at`` (its checkpoints kept)."""
     from corrtree.run import RunConfig, run_training
 
-    cfg = dict(dataset="digits", width=1024, batch_size=100, dtype="float64", lr=0.01,
-               recipe="adam", checkpoint_every=5)  # fmt: skip
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    run_training(full, RunConfig(steps=16, **cfg), progress=False, log=lambda *a: None)
+    run_training(full, RunConfig(steps=full_steps, **cfg), progress=False, log=lambda *a: None)
 
     def stop(t, net, info):
-        if t == 7:
+        if t == at:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_training(part, RunConfig(steps=12, **cfg), callback=stop, progress=False,
+        run_training(part, RunConfig(steps=part_steps, **cfg), callback=stop, progress=False,
                      log=lambda *a: None)  # fmt: skip
+
+
+def test_adam_resume_and_extension_are_exact(tmp_path):
+    """The optimizer's state travels with checkpoints and with the finished model: a run
+    interrupted after a checkpoint, resumed, and extended, ends where the straight run does."""
+    cfg = dict(dataset="digits", width=1024, batch_size=100, dtype="float64", lr=0.01,
+               recipe="adam", checkpoint_every=5)  # fmt: skip
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    _straight_and_interrupted(cfg, full, 16, part, 12, at=7)
     assert "optim.W0.m" in np.load(os.path.join(part, "checkpoint.npz"))
     assert cli.main(["train", "--resume", part, "--quiet"]) == 0  # steps 5 .. 12
     assert os.path.exists(os.path.join(part, "optimizer.npz"))
@@ -310,20 +316,10 @@ def test_adam_resume_and_extension_are_exact(tmp_path):
 
 def test_deep_runs_checkpoint_and_resume(tmp_path):
     """A deep run writes checkpoints, and resumed from one ends where the straight run does."""
-    from corrtree.run import RunConfig, run_training
-
     cfg = dict(dataset="digits", widths=[256, 128], batch_size=100, dtype="float64",
                recipe="paper", checkpoint_every=4)  # fmt: skip
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    run_training(full, RunConfig(steps=10, **cfg), progress=False, log=lambda *a: None)
-
-    def stop(t, net, info):
-        if t == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_training(part, RunConfig(steps=10, **cfg), callback=stop, progress=False,
-                     log=lambda *a: None)  # fmt: skip
+    _straight_and_interrupted(cfg, full, 10, part, 10, at=5)
     assert int(np.load(os.path.join(part, "checkpoint.npz"))["step"]) == 4
     assert cli.main(["train", "--resume", part, "--quiet"]) == 0
     a, b = np.load(os.path.join(full, "model.npz")), np.load(os.path.join(part, "model.npz"))

@@ -120,9 +120,6 @@ def run_corrtree(name, W0, A0, X, labels, Xt, lt, threshold, lr, batches, every,
     out = {"eval_step": [], "test_accuracy": [], "train_seconds": []}
     steps = len(batches)
 
-    def stop(t, net, info):
-        pass
-
     if recipe == "adam":
         kw = {"loss": "cross_entropy", "optimizer": "adam", "train_output": True}
         y = labels
