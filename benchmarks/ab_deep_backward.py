@@ -23,9 +23,9 @@ from numba import njit, prange
 from corrtree._kernels import deep as K
 from corrtree.bench._common import header, save
 from corrtree.datasets import load_dataset
-from corrtree.deep import DeepEngine, ShiftedReLUMLP
-from corrtree.model import default_threshold
-from corrtree.train import auto_lr, batch_schedule, thread_limit
+from corrtree.nets import ShiftedReLUMLP, default_threshold
+from corrtree.training import auto_lr, batch_schedule, thread_limit
+from corrtree.training.deep import DeepEngine
 
 
 @njit(parallel=True, nogil=True, cache=True)

@@ -19,8 +19,8 @@ import corrtree as ct
 from corrtree.bench._common import header, parse, parser, save
 from corrtree.datasets import load_dataset
 from corrtree.engines import certified
-from corrtree.model import init_weights
-from corrtree.train import thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import thread_limit
 
 p = parser("ab_index_blocks", __doc__)
 p.add_argument("--sizes", default="10000:20,60000:18,60000:16", help="n:log2(m),...")

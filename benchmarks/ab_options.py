@@ -27,8 +27,8 @@ from corrtree.bench.gd import load as load_gd
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
 from corrtree.engines.certified import CertifiedEngine
-from corrtree.model import init_weights
-from corrtree.train import batch_schedule, take_step, thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import batch_schedule, take_step, thread_limit
 
 
 def main(argv=None):

@@ -29,8 +29,8 @@ from corrtree import _io
 from corrtree.bench._common import header
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
-from corrtree.model import init_weights
-from corrtree.train import batch_schedule, take_step, thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import batch_schedule, take_step, thread_limit
 
 
 def old_package(rev: str, folder: str):

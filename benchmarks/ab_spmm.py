@@ -25,7 +25,7 @@ from corrtree._kernels import deep as K
 from corrtree._kernels import sparse as S
 from corrtree.bench._common import header, parse, parser, save
 from corrtree.datasets import load_dataset
-from corrtree.deep import ShiftedReLUMLP
+from corrtree.nets import ShiftedReLUMLP
 
 p = parser("ab_spmm", __doc__)
 p.add_argument("--widths", default="16384,16384")

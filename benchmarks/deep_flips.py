@@ -15,9 +15,8 @@ import numpy as np
 import corrtree as ct
 from corrtree.bench.deep import torch_steps
 from corrtree.datasets import load_dataset
-from corrtree.deep import ShiftedReLUMLP
-from corrtree.model import default_threshold
-from corrtree.train import auto_lr, batch_schedule
+from corrtree.nets import ShiftedReLUMLP, default_threshold
+from corrtree.training import auto_lr, batch_schedule
 
 p = argparse.ArgumentParser()
 p.add_argument("--widths", default="65536,16384")

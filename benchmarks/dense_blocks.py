@@ -19,7 +19,7 @@ import corrtree as ct
 from corrtree.bench._common import header, parse, parser, save
 from corrtree.datasets import load_dataset
 from corrtree.engines.certified import CertifiedOptions
-from corrtree.model import init_weights
+from corrtree.nets import init_weights
 
 p = parser("dense_blocks", __doc__)
 p.add_argument("--m-log2", type=int, default=17)

@@ -25,7 +25,7 @@ if sys.argv[1] == "numpy-first":
 import corrtree as ct
 import numpy as np
 from corrtree.datasets import load_dataset
-from corrtree.model import init_weights
+from corrtree.nets import init_weights
 what = sys.argv[2]
 if what == "gd":
     data = load_dataset("fashion-mnist", n=2000, targets="binary")

@@ -40,10 +40,10 @@ from corrtree.bench.gd import load
 from corrtree.bench.tta import DenseAdam
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
-from corrtree.losses import CrossEntropy
-from corrtree.model import init_weights
-from corrtree.optim import Adam
-from corrtree.train import batch_schedule, take_step, thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import batch_schedule, take_step, thread_limit
+from corrtree.training.losses import CrossEntropy
+from corrtree.training.optim import Adam
 
 PRODUCTS = {("_blas.py", "matmul"): "blas", ("_bf16.py", "block"): "bf16 index product"}
 

@@ -10,10 +10,17 @@ import os
 # already in the environment wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from . import distributed as _distributed  # noqa: F401  (registers the sharded kinds)
 from .engines import ENGINES
-from .model import ShiftedReLUNet, default_threshold, firing_probability, normalize_rows
-from .train import History, train
-from .trees import CorrelationDTree, CorrelationWTree
+from .nets import (
+    ShiftedReLUMLP,
+    ShiftedReLUNet,
+    default_threshold,
+    firing_probability,
+    normalize_rows,
+)
+from .structures import CorrelationDTree, CorrelationWTree
+from .training import History, train
 
 __version__ = "0.1.0"
 
@@ -22,6 +29,7 @@ __all__ = [
     "CorrelationDTree",
     "CorrelationWTree",
     "History",
+    "ShiftedReLUMLP",
     "ShiftedReLUNet",
     "SparseReLUClassifier",
     "SparseReLURegressor",

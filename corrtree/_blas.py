@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._validation import as_positive_int
+
 _state = threading.local()
 _pools: dict[int, ThreadPoolExecutor] = {}
 _SMALL = 1 << 22  # multiply-adds below which one call on the calling thread is faster
@@ -67,3 +69,24 @@ def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.nd
     for f in [_pool(k).submit(np.matmul, a, b, out=o) for a, b, o in jobs]:
         f.result()
     return out
+
+
+@contextmanager
+def thread_limit(threads: int | None):
+    """Run corrtree's work on ``threads`` threads (None: numba's current count): numba's
+    kernels, and large products split by corrtree over its own threads while the BLAS
+    library runs single-threaded (``corrtree._blas``), so that idle BLAS threads never spin
+    on the cores the kernels need, whatever the import order."""
+    import numba
+
+    if threads is None:
+        n = numba.get_num_threads()
+    else:
+        n = min(as_positive_int(threads, "threads"), numba.config.NUMBA_NUM_THREADS)
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with split_products(n):
+            yield
+    finally:
+        numba.set_num_threads(old)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._io import PathError, describe_oserror, read_npz
 from ._validation import as_float_array, check_finite
-from .model import normalize_rows
+from .nets import normalize_rows
 
 __all__ = ["Dataset", "FASHION_MNIST_DIR", "binary_targets", "load_dataset", "read_idx"]
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .trees import CorrelationDTree, CorrelationWTree
+from .structures import CorrelationDTree, CorrelationWTree
 
 __all__ = [
     "brute_mbip",

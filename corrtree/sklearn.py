@@ -8,8 +8,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .model import ShiftedReLUNet, normalize_rows
-from .train import auto_lr, train
+from .nets import ShiftedReLUMLP, ShiftedReLUNet, normalize_rows
+from .training import auto_lr, train
 
 __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
 
@@ -63,8 +63,6 @@ class _SparseReLUBase(BaseEstimator):
     def _fit(self, X: np.ndarray, Y: np.ndarray, loss: str):
         n = X.shape[0]
         if self.widths is not None:  # a deep network: hidden layers of these widths
-            from .deep import ShiftedReLUMLP
-
             self.net_ = ShiftedReLUMLP(
                 X.shape[1],
                 self.widths,

@@ -29,7 +29,7 @@ class Stepper:
         self.Y = Y
 
     def step(self, lr, rows=None):
-        from corrtree.train import take_step
+        from corrtree.training import take_step
 
         return take_step(self.engine, self.Y, lr, rows)
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from corrtree.app.cli import main as cli
 from corrtree.bench import BENCHMARKS, gd
-from corrtree.cli import main as cli
 
 EXACTNESS = {
     "gd": lambda r: all(x["exact_within_tolerance"] for x in r["results"]),

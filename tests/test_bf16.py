@@ -8,7 +8,7 @@ from conftest import Stepper, unit_rows
 import corrtree as ct
 from corrtree import _bf16
 from corrtree._blas import split_products
-from corrtree.train import batch_schedule
+from corrtree.training import batch_schedule
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.boundscheck

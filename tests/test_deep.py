@@ -6,8 +6,10 @@ import pytest
 from conftest import unit_rows
 
 import corrtree as ct
-from corrtree.deep import DeepEngine, ShiftedReLUMLP, layer_scale, reference_step
-from corrtree.train import batch_schedule
+from corrtree.engines.base import SparseEngine
+from corrtree.nets import ShiftedReLUMLP, layer_scale, reference_step
+from corrtree.training import batch_schedule
+from corrtree.training.deep import DeepEngine
 
 
 def _data(rng, n=150, d=12, C=3):
@@ -57,22 +59,44 @@ def test_sparse_engine_equals_dense_reference(rng, widths, batch):
     assert hist.engine == "deep[dense]"
 
 
-@pytest.mark.parametrize("engine", ["dtree", "wtree", "halfspace"])
-def test_tree_engines_find_layer_one(rng, engine):
+class _BruteForce(SparseEngine):
+    """An engine as a user would write one: only ``find``, through the protocol's defaults
+    (``SparseEngine.neuron_pairs``, ``Engine.descend``) for layer 1."""
+
+    name = "brute"
+
+    def find(self, rows):
+        Z = self.X[rows] @ self.net.W.T
+        mask = Z > self.b
+        ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
+        return ptr, np.nonzero(mask)[1].astype(np.int64), Z[mask]
+
+
+@pytest.mark.parametrize("engine", ["dtree", "wtree", "halfspace", "faiss", _BruteForce])
+@pytest.mark.parametrize("batch", [None, 16])
+def test_every_exact_engine_finds_layer_one(rng, engine, batch):
+    if engine == "faiss":
+        pytest.importorskip("faiss")
     X, Y = _data(rng)
-    _check_every_step(ShiftedReLUMLP(12, (40, 30), n_outputs=3, seed=5), X, Y, engine=engine)
+    net = ShiftedReLUMLP(12, (40, 30), n_outputs=3, seed=5)
+    _check_every_step(net, X, Y, engine=engine, batch=batch)
 
 
 @pytest.mark.parametrize("widths", [(40,), (40, 30), (40, 30, 24)])
 @pytest.mark.parametrize("batch", [None, 16])
-def test_certified_finds_and_updates_layer_one(rng, widths, batch):
+@pytest.mark.parametrize("blas", [None, 0.0])
+def test_certified_finds_and_updates_layer_one(rng, widths, batch, blas):
     """certified as layer 1's engine writes W_1 from the coefficients back-propagated from
     above, with its drift certificates in the same pass; a small slack makes neurons turn hot
     and get re-referenced, and every layer still equals the dense reference after every
-    step."""
+    step. ``blas_gradient=0`` puts the hot neurons in one BLAS block at every step (their
+    pairs then come from the block's correlations, their update from its coefficient
+    matrix)."""
     X, Y = _data(rng)
     net = ShiftedReLUMLP(12, widths, n_outputs=3, seed=4)
     options = {"slack": 0.05, "rebuild_after": 0.05, "lazy": batch is not None}
+    if blas is not None:
+        options["blas_gradient"] = blas
     hist = _check_every_step(
         net,
         X,
@@ -180,8 +204,8 @@ def test_state_roundtrip_and_errors(rng, tmp_path):
 
 
 def test_command_line_and_estimator(tmp_path, capsys):
-    from corrtree.cli import main as cli
-    from corrtree.run import load_model
+    from corrtree.app.cli import main as cli
+    from corrtree.app.run import load_model
 
     out = str(tmp_path / "deep")
     args = ["train", "--widths", "256,128", "--steps", "4", "--batch-size", "200", "--out", out]

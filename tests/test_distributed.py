@@ -13,9 +13,9 @@ from conftest import unit_rows  # noqa: E402
 
 import corrtree as ct  # noqa: E402
 import corrtree._io  # noqa: E402, F401
+from corrtree.app.run import RunConfig, load_model, run_training  # noqa: E402
 from corrtree.distributed import Cluster, ShardedNet, WorkerLostError, shard_ranges  # noqa: E402
-from corrtree.run import RunConfig, load_model, run_training  # noqa: E402
-from corrtree.sharded import ShardedModel, read_rows  # noqa: E402
+from corrtree.nets.store import ShardedModel, read_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +122,12 @@ def test_bad_shard_is_a_clear_error(cluster, rng, tmp_path):
 
 def test_unreachable_address_is_one_line():
     if ray.is_initialized():  # Cluster() reuses a running Ray: test the check alone
-        from corrtree.distributed import _check_reachable
+        from corrtree.distributed.cluster import _check_reachable
 
         with pytest.raises(ConnectionError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
             _check_reachable("127.0.0.1:9")
     with pytest.raises(ValueError, match="HOST:PORT"):
-        from corrtree.distributed import _check_reachable
+        from corrtree.distributed.cluster import _check_reachable
 
         _check_reachable("nohostport")
 
@@ -155,7 +155,7 @@ def test_run_folder_sharded_resume_and_memory_limit(cluster, tmp_path, monkeypat
     assert ten["steps"] == 10
     # a width one process refuses is trained by 4 workers under the same limit
     wide = _cfg(width=4000, d=10, n=150, steps=2, engine="dense")
-    from corrtree.run import _estimate_bytes
+    from corrtree.app.run import _estimate_bytes
 
     full = _estimate_bytes(wide, 150, 10, 1)
     quarter = _estimate_bytes(_cfg(width=4000, workers=4, steps=2, engine="dense"), 150, 10, 1)

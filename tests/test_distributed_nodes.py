@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster as RayCluster  # noqa: E402
 
-from corrtree.run import RunConfig, load_model, run_training  # noqa: E402
+from corrtree.app.run import RunConfig, load_model, run_training  # noqa: E402
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from corrtree.cli import build_parser
+from corrtree.app.cli import build_parser
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")
 

@@ -16,7 +16,7 @@ import corrtree as ct
 from corrtree import _io
 from corrtree.datasets import load_dataset, read_idx
 from corrtree.engines import make_engine
-from corrtree.train import batch_schedule, take_step
+from corrtree.training import batch_schedule, take_step
 
 EXACT = [e for e in ct.ENGINES if e != "faiss" or importlib.util.find_spec("faiss")]
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,8 @@ from conftest import Stepper, unit_rows
 import corrtree as ct
 from corrtree.engines import ENGINES, engine_class, make_engine
 from corrtree.engines.base import PairFiring, SparseEngine
-from corrtree.model import INIT_BLOCK, init_weights
-from corrtree.train import DivergenceError, take_step
+from corrtree.nets import INIT_BLOCK, init_weights
+from corrtree.training import DivergenceError, take_step
 
 pytestmark = pytest.mark.boundscheck
 
@@ -80,7 +80,7 @@ def test_shards_summed_by_the_step_equal_one_engine(engine, batch, rng):
     parts = shards(full, [0, 7, 150, 301])
     ref = Stepper("dense", full, X, Y)
     engines = [make_engine(engine, p, X) for p in parts]
-    from corrtree.train import batch_schedule
+    from corrtree.training import batch_schedule
 
     for t, rows in enumerate(batch_schedule(30, batch, 5, seed=1)):
         a = take_step(engines, Y, 0.7, rows)

@@ -10,8 +10,9 @@ import pytest
 from conftest import unit_rows
 
 import corrtree as ct
-from corrtree.losses import CrossEntropy, Logistic, Squared, get_loss
-from corrtree.optim import (
+from corrtree.training import batch_schedule
+from corrtree.training.losses import CrossEntropy, Logistic, Squared, get_loss
+from corrtree.training.optim import (
     SGD,
     Adam,
     Constant,
@@ -21,7 +22,6 @@ from corrtree.optim import (
     get_optimizer,
     get_schedule,
 )
-from corrtree.train import batch_schedule
 
 torch = pytest.importorskip("torch")
 
@@ -338,7 +338,7 @@ def test_recipe_argument_errors(rng):
 
 def test_auto_plans_a_lazy_index_for_short_runs_and_adam(rng):
     from corrtree.engines.certified import CertifiedEngine
-    from corrtree.train import _planned
+    from corrtree.training.step import _planned
 
     plan = lambda opts, paper, epochs: _planned(CertifiedEngine, "auto", opts, paper, epochs)  # noqa: E731
     assert plan(None, True, 5.0) == {"lazy": False}
@@ -356,7 +356,7 @@ def test_auto_plans_a_lazy_index_for_short_runs_and_adam(rng):
 
 
 def test_deep_and_sharded_networks_refuse_other_recipes(rng):
-    from corrtree.deep import ShiftedReLUMLP
+    from corrtree.nets import ShiftedReLUMLP
 
     X = unit_rows(rng, 20, 4)
     mlp = ShiftedReLUMLP(4, (32, 16), n_outputs=2)

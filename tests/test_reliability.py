@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from corrtree import _io
-from corrtree.run import accuracy
+from corrtree.app.run import accuracy
 
 SMALL = ["--dataset", "synthetic", "--n", "40", "--d", "6", "--width", "300", "--quiet"]
 ROOT = os.geteuid() == 0
@@ -130,7 +130,7 @@ def test_stale_temporary_files_are_cleaned_and_modes_follow_the_umask(tmp_path):
     out.mkdir()
     (out / ".tmp-dead.npz").write_bytes(b"half")
     code = (
-        "import os, sys; os.umask(0o027); from corrtree.cli import main; "
+        "import os, sys; os.umask(0o027); from corrtree.app.cli import main; "
         f"sys.exit(main({['train', *SMALL, '--steps', '1', '--out', str(out)]!r}))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -272,8 +272,8 @@ def test_memory_limit_only_lowers(tmp_path, monkeypatch):
 
 
 def test_model_goes_to_a_named_fallback_when_the_folder_fails(tmp_path, monkeypatch, capsys):
-    from corrtree import cli
-    from corrtree import run as run_mod
+    from corrtree.app import cli
+    from corrtree.app import run as run_mod
 
     real = _io.write_npz
 

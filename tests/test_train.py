@@ -8,7 +8,7 @@ from conftest import Stepper, unit_rows
 
 import corrtree as ct
 from corrtree.engines import choose_engine, make_engine
-from corrtree.train import batch_schedule
+from corrtree.training import batch_schedule
 
 pytestmark = pytest.mark.boundscheck
 

@@ -173,7 +173,7 @@ def compile_certified(dtype=np.float32, threads: int = 2) -> None:
     import corrtree as ct
     from corrtree import _bf16
     from corrtree.engines import make_engine
-    from corrtree.train import take_step, thread_limit
+    from corrtree.training import take_step, thread_limit
 
     rng = np.random.default_rng(0)
     n, d, m = 1100, 16, 64  # n >= 1024: full batches take the BLAS path for hot neurons

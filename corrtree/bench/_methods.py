@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from corrtree.engines import StepInfo, make_engine
-from corrtree.train import take_step, thread_limit
+from corrtree.training import take_step, thread_limit
 
 BASELINES = ("numpy-tight", "torch-tight")
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from corrtree.bench._common import compile_certified, header, parse, parser, save
 from corrtree.datasets import load_dataset
-from corrtree.deep import LAYER1_ENGINES
-from corrtree.model import default_threshold
-from corrtree.train import auto_lr
+from corrtree.engines import ENGINES
+from corrtree.nets import default_threshold
+from corrtree.training import auto_lr
 
 # Weights of corrtree and each PyTorch method after the sampled steps: relative Frobenius gap
 # at most TOLERANCE per layer. Not the largest entry: in float32 a pre-activation within
@@ -107,7 +107,7 @@ def warm_up(X, Y, threads):
     """Compile every kernel the timed runs can reach before timing them: `certified` on its
     own (``compile_certified``), then a tiny deep network over each first-layer engine."""
     import corrtree as ct
-    from corrtree.deep import ShiftedReLUMLP
+    from corrtree.nets import ShiftedReLUMLP
 
     compile_certified(np.float32, threads)
     for layer1 in ("dense", "certified"):
@@ -119,8 +119,8 @@ def warm_up(X, Y, threads):
 
 def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0, layer1="auto"):
     import corrtree as ct
-    from corrtree.deep import ShiftedReLUMLP
-    from corrtree.train import batch_schedule
+    from corrtree.nets import ShiftedReLUMLP
+    from corrtree.training import batch_schedule
 
     n, B = X.shape[0], 256 if not quick else 32
     steps_per_epoch = -(-n // B)
@@ -203,7 +203,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--layer1",
         default="auto",
-        choices=("auto", *LAYER1_ENGINES),
+        choices=("auto", *sorted(ENGINES)),
         help="the engine that finds layer 1's firing pairs (default auto: dense for small "
         "problems, else certified)",
     )

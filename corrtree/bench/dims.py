@@ -18,8 +18,8 @@ from corrtree import _io
 from corrtree.bench._common import header, parse, parser, reference_lr
 from corrtree.bench.periter import TOLERANCE, measure
 from corrtree.datasets import load_dataset
-from corrtree.model import init_weights
-from corrtree.train import thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import thread_limit
 
 ENGINES = ("halfspace", "dtree", "wtree", "dense")
 

@@ -37,7 +37,7 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import BASELINES, make_method, method_threads
 from corrtree.datasets import load_dataset
-from corrtree.model import init_weights
+from corrtree.nets import init_weights
 
 TOLERANCE = 1e-4
 

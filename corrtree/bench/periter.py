@@ -25,8 +25,8 @@ from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
-from corrtree.model import init_weights
-from corrtree.train import take_step, thread_limit
+from corrtree.nets import init_weights
+from corrtree.training import take_step, thread_limit
 
 TOLERANCE = 1e-4
 ENGINES = ("dense", "dtree", "wtree", "certified")

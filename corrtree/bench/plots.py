@@ -16,13 +16,13 @@ from corrtree import _io
 
 
 def _fig():
-    from corrtree.plots import plt
+    from corrtree.app.plots import plt
 
     return plt.subplots(figsize=(5.6, 3.8))
 
 
 def sparsity(r, out):
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     m = [x["m"] for x in r["init"]]
@@ -62,7 +62,7 @@ def sparsity(r, out):
 
 
 def preprocessing(r, out):
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     for s, mark in (("dtree", "o"), ("wtree", "s")):
@@ -84,7 +84,7 @@ def preprocessing(r, out):
 
 
 def periter(r, out):
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     paths = []
     for regime, spec in r["regimes"].items():
@@ -108,7 +108,7 @@ def periter(r, out):
 
 
 def dims(r, out):
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     for engine in ("halfspace", "dtree", "wtree", "dense"):
@@ -135,7 +135,7 @@ def dims(r, out):
 def side_by_side(r, out, name):
     from matplotlib.ticker import NullFormatter
 
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     res = r["results"]
@@ -162,7 +162,7 @@ def epochs(r, out, name):
     """Test accuracy against wall time (preprocessing included) for both sides; the dense
     side's later epochs are extrapolated in time and drawn hollow, at corrtree's accuracy
     (the same trajectory: both are exact dense SGD on the same batches)."""
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     ours, dense = r["corrtree"], r["dense"]
@@ -196,7 +196,7 @@ def deep(r, out, name):
     """End-to-end seconds of each method per widths (PyTorch extrapolated from its sample)."""
     from matplotlib.ticker import NullFormatter
 
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     labels, secs, colors = [], [], []
@@ -222,7 +222,7 @@ def deep(r, out, name):
 
 def distributed(r, out, name):
     """Mean step of one process and of k workers, per configuration."""
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     for c in r["configs"]:
@@ -240,7 +240,7 @@ def distributed(r, out, name):
 
 def tta(r, out, name):
     """Test accuracy against training wall time (evaluation excluded), one line per method."""
-    from corrtree.plots import save
+    from corrtree.app.plots import save
 
     fig, ax = _fig()
     for method, run in r["runs"].items():

@@ -14,7 +14,7 @@ import numpy as np
 import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, median_seconds, parse, parser
-from corrtree.train import thread_limit
+from corrtree.training import thread_limit
 
 STRUCTURES = {"dtree": ct.CorrelationDTree, "wtree": ct.CorrelationWTree}
 

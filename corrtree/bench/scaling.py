@@ -32,8 +32,8 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
-from corrtree.model import init_weights
-from corrtree.train import auto_lr, batch_schedule
+from corrtree.nets import init_weights
+from corrtree.training import auto_lr, batch_schedule
 
 TOLERANCE = 1e-4
 

@@ -21,7 +21,7 @@ import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
-from corrtree.train import thread_limit
+from corrtree.training import thread_limit
 
 
 def firing_counts(X32: np.ndarray, m: int, b: float, seed: int, block: int = 1 << 14):

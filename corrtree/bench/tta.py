@@ -35,8 +35,8 @@ import corrtree as ct
 from corrtree.bench._common import compile_certified, header, parse, parser, save
 from corrtree.datasets import load_dataset
 from corrtree.engines.certified import CertifiedEngine
-from corrtree.model import init_weights
-from corrtree.train import batch_schedule
+from corrtree.nets import init_weights
+from corrtree.training import batch_schedule
 
 METHODS = ("corrtree-adam", "torch-adam", "torch-adam-relu", "corrtree-paper")
 

@@ -22,6 +22,12 @@ what is left. Optimizers other than plain SGD, and a trained output layer, split
 The base class implements ``backward`` from ``gradient`` and ``apply``, so an engine needs
 either the fused ``backward`` or the two parts; the split path needs the parts.
 
+Layer 1 of a deep network (``corrtree.training.deep``) uses an engine through two more
+methods: ``neuron_pairs(firing)`` (every firing pair of the batch, neuron-major, with its
+pre-activation z) and ``descend(firing, pairs, coef, lr)`` (w_r -= lr * sum of coef * x over
+r's pairs, the coefficients back-propagated from the layers above). ``SparseEngine``
+provides the first, the base class the second (engines with state tied to W override it).
+
 Because F is a plain sum over neurons, several engines over disjoint blocks of neurons
 (shards, each a ``ShiftedReLUNet.from_weights`` over its rows with the whole network's
 ``scale``) are trained exactly by summing their F.
@@ -39,6 +45,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._kernels import deep as K
 from .._kernels import sparse as S
 
 PHASES = ("detect", "forward", "backward", "maintain")
@@ -102,6 +109,7 @@ class Engine:
 
     name: ClassVar[str] = "base"
     Options: ClassVar[type[Options]] = Options
+    exact: ClassVar[bool] = True  # finds every firing pair (False: approximate, e.g. LSH)
 
     def __init__(self, net, X: np.ndarray, options=None, *, max_memory: int | None = None):
         self.options = self.make_options(options)
@@ -198,6 +206,25 @@ class Engine:
     def maintain(self, moved: np.ndarray) -> None:
         """Bring the engine's index up to date after the neurons ``moved`` were written."""
 
+    def neuron_pairs(self, firing: Firing) -> S.Pairs:
+        """Every firing pair of the batch, neuron-major: (ptr over the m neurons, batch
+        positions, pre-activations z = <w_r, x>), rows sorted within each neuron."""
+        raise NotImplementedError(
+            f"engine {self.name!r} does not list its firing pairs neuron-major "
+            "(Engine.neuron_pairs), which a deep network's first layer needs"
+        )
+
+    def descend(self, firing: Firing, pairs: S.Pairs, coef: np.ndarray, lr: float) -> np.ndarray:
+        """w_r -= lr * sum over r's pairs (``pairs``, from ``neuron_pairs``) of coef * x, the
+        coefficients given in the pairs' order; returns the moved neurons for ``maintain``.
+        Engines whose own state follows W (drift, copies) override it."""
+        col_ptr, prow, _ = pairs
+        Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
+        K.rows_gradient_step(col_ptr, prow, coef, Xb, self.net.W, self.net.dtype.type(lr))
+        self.counters["steps"] += 1
+        self.counters["gradient_madds"] += prow.size * self.net.d
+        return np.flatnonzero(np.diff(col_ptr))
+
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
 
@@ -271,6 +298,9 @@ class SparseEngine(Engine):
         S.neuron_gradient(col_ptr, prow, coef, neurons, self.X, firing.rows, G)
         self.counters["gradient_madds"] += prow.size * net.d
         return neurons, G
+
+    def neuron_pairs(self, firing):
+        return firing.by_neuron(self.m)
 
     def output_gradient(self, firing, E):
         col_ptr, prow, pval = firing.by_neuron(self.m)

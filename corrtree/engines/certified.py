@@ -34,9 +34,10 @@ from numba import get_num_threads
 
 from .. import _bf16
 from .._blas import matmul
+from .._kernels import deep as K
 from .._kernels import sparse as S
 from .._validation import check_memory, dot_margin, fmt_bytes, max_row_norm
-from ..model import firing_probability
+from ..nets import default_threshold, firing_probability
 from .base import Engine, Firing, Options, check_number
 
 
@@ -148,8 +149,6 @@ class CertifiedEngine(Engine):
         """The candidates (about n m P(z > b - slack) pairs at initialisation, where
         <w_r, x_i> ~ N(0, ||x_i||^2), bounded with ||x||_max), a reference copy of W, and for
         a lazy index the correlations of one batch with all neurons (first visits)."""
-        from ..model import default_threshold
-
         o = cls.make_options(options)
         b = default_threshold(m) if threshold is None else threshold
         frac = firing_probability((b - o.slack) / xmax) if xmax > 0 else 1.0
@@ -420,14 +419,45 @@ class CertifiedEngine(Engine):
             S.hot_coefficient_matrix(
                 firing.Zhot, self.b, self.net.A, self.hot_ids, E, self.scale, hot_coef
             )
-        return self.descend(firing, coef, lr, hot_coef)
+        return self._descend(firing, coef, lr, hot_coef)
 
-    def descend(self, firing, coef, lr, hot_coef=None):
+    def neuron_pairs(self, firing):
+        """The listed pairs, and with a hot BLAS block its pairs too, read from its
+        correlations (the hot neurons' segments of the listed pairs are then empty)."""
+        if not firing.blas:
+            return firing.found
+        nptr, frows, fval = firing.found
+        hptr, hrows, hval = K.above(firing.Zhot, self.b)  # ptr over hot positions
+        counts, hot_counts = np.diff(nptr), np.diff(hptr)
+        counts[self.hot_ids] += hot_counts
+        ptr = np.zeros(self.m + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        rows = np.empty(ptr[-1], dtype=frows.dtype)
+        vals = np.empty(ptr[-1], dtype=fval.dtype)
+        at = np.repeat(ptr[:-1] - nptr[:-1], np.diff(nptr)) + np.arange(frows.size)
+        rows[at], vals[at] = frows, fval
+        at = np.repeat(ptr[self.hot_ids] - hptr[:-1], hot_counts) + np.arange(hrows.size)
+        rows[at], vals[at] = hrows, hval
+        return S.Pairs(ptr, rows, vals)
+
+    def descend(self, firing, pairs, coef, lr):
+        """The update from the coefficient at each pair of ``neuron_pairs(firing)``, each
+        moved row's drift written in the same pass; with a hot BLAS block, its pairs'
+        coefficients form the block's (hot neuron, batch row) matrix."""
+        if not firing.blas:
+            return self._descend(firing, coef, lr)
+        owner = np.repeat(np.arange(self.m), np.diff(pairs[0]))
+        hot = self.hot[owner]
+        hot_coef = self._buffer("Chot", (self.hot_ids.size, firing.rows.size))
+        hot_coef.fill(0)
+        hot_coef[self.hot_pos[owner[hot]], pairs[1][hot]] = coef[hot]
+        return self._descend(firing, coef[~hot], lr, hot_coef)
+
+    def _descend(self, firing, coef, lr, hot_coef=None):
         """The update from the gradient's coefficient at each firing pair (``coef``, in the
         order of ``firing.found``; ``hot_coef``: the hot block's, when ``firing.blas``):
         w_r -= lr * sum of coef * x over r's pairs, each moved row's drift written in the same
-        pass. ``backward`` computes the coefficients from the residuals; a deep network's
-        layer 1 gets them from the layers above. Returns the moved neurons."""
+        pass. Returns the moved neurons."""
         net = self.net
         rows = firing.rows
         nptr, frows, _ = firing.found

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._blas import matmul
+from .._kernels import deep as K
+from .._kernels import sparse as S
 from .._validation import check_memory
 from .base import Engine, Firing, Options, check_number
 
@@ -73,6 +75,7 @@ class DenseEngine(Engine):
     def detect(self, rows):
         Xb, _ = self._batch(rows)
         rows = self._rows(rows)
+        self.counters["inner_products"] += Xb.shape[0] * self.m
         if Xb.shape[0] <= self.block:
             H = self._H(Xb)
             return DenseFiring(rows, int(np.count_nonzero(H)), H, _fired(H))
@@ -135,9 +138,20 @@ class DenseEngine(Engine):
                 written = True
         if not written:
             G.fill(0)
-        self.counters["inner_products"] += Xb.shape[0] * self.m
         self.counters["gradient_madds"] += Xb.shape[0] * self.m * net.d
         return G
+
+    def neuron_pairs(self, firing):
+        Xb = self.X if firing.rows.size == self.n else self.X[firing.rows]
+        parts = [K.above(H, 0.0) for _, H in self._blocks(firing, Xb)]
+        if len(parts) == 1:
+            ptr, idx, val = parts[0]
+        else:  # blocks of rows, point-major: concatenate
+            ptr = np.concatenate([[0], *(p[0][1:] + o for p, o in _offsets(parts))])
+            idx = np.concatenate([p[1] for p in parts])
+            val = np.concatenate([p[2] for p in parts])
+        val += self.b  # H = z - b where it fires
+        return S.Pairs(*S.transpose(ptr, idx, val, self.m))
 
     def _blocks(self, firing, Xb):
         """(first row, H) per block of rows: the kept H, or H computed again per block."""
@@ -151,3 +165,11 @@ class DenseEngine(Engine):
 def _fired(H: np.ndarray) -> np.ndarray:
     """Neurons (columns of H >= 0) that fire on some row, without an (R, m) temporary."""
     return H.max(axis=0) > 0 if H.shape[0] else np.zeros(H.shape[1], dtype=bool)
+
+
+def _offsets(parts):
+    """Each block's point-major pairs with the number of pairs before it."""
+    at = 0
+    for p in parts:
+        yield p, at
+        at += int(p[0][-1])

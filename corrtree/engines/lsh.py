@@ -53,6 +53,7 @@ class LSHEngine(SparseEngine):
     """Approximate sparse training with SLIDE-style LSH tables (``hash``: simhash or dwta)."""
 
     name = "lsh"
+    exact = False
 
     Options = LSHOptions
 

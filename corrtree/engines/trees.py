@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._kernels import sparse as S
-from ..trees import CHUNK_BYTES, CorrelationDTree, CorrelationWTree, forest_nbytes
+from ..structures import CHUNK_BYTES, CorrelationDTree, CorrelationWTree, forest_nbytes
 from .base import Options, SparseEngine, check_number
 
 

@@ -1,4 +1,4 @@
-"""The ``corrtree`` command line. Subcommands import their heavy parts lazily."""
+"""The ``corrtree`` command line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ import os
 import signal
 import sys
 
-from . import __version__
+import numpy as np
+
+from .. import __version__, _io
+from .. import hardness as H
+from .._io import PathError, describe_oserror
+from ..bench import BENCHMARKS
+from ..bench import run as run_benchmark
+from ..datasets import load_dataset
+from ..engines import ENGINES, engine_class
+from ..training import get_loss
+from .demo import demo
+from .run import RunConfig, accuracy, describe, held_out, load_model, run_training
 
 _ERRORS = (
     ValueError,
@@ -77,8 +88,6 @@ def _widths(v: str) -> list[int]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .engines import ENGINES
-
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
@@ -221,9 +230,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from .engines import engine_class
-    from .run import RunConfig
-
     fields = {k: getattr(args, k) for k in RunConfig.__dataclass_fields__ if hasattr(args, k)}
     if fields.get("recipe") is None:
         fields["recipe"] = "paper" if args.widths or args.workers else "adam"
@@ -235,8 +241,6 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
-    from .run import describe, run_training
-
     out = args.resume or args.out
     log = (lambda *a: None) if args.quiet else print
     if args.resume:
@@ -281,9 +285,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import _io
-    from .run import describe
-
     path = os.path.join(args.dir, "metrics.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{args.dir} is not a corrtree run folder: no metrics.json")
@@ -292,8 +293,6 @@ def cmd_info(args) -> int:
     print(" ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     if "summary" in metrics:
         print(describe(metrics["summary"]))
-        from .run import load_model
-
         with contextlib.suppress(FileNotFoundError):
             print(f"model              {load_model(args.dir)!r}")
     else:
@@ -305,12 +304,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_predict(args) -> int:
-
-    from . import _io
-    from .datasets import load_dataset
-    from .losses import get_loss
-    from .run import RunConfig, accuracy, held_out, load_model
-
     cfg = RunConfig.from_dict(_io.read_json(os.path.join(args.dir, "config.json")))
     net = load_model(args.dir)
     name = args.dataset or cfg.dataset
@@ -360,17 +353,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import demo
-
     demo(args.out, steps=args.steps, width=args.width, quiet=args.quiet)
     return 0
 
 
 def cmd_hardness(args) -> int:
-    import numpy as np
-
-    from . import hardness as H
-
     A, B = H.ov_instance(args.n, args.n, args.d, planted=True, seed=args.seed)
     print(
         f"Orthogonal Vectors: |A| = |B| = {args.n}, d = {args.d}, one planted pair "
@@ -412,13 +399,11 @@ def cmd_hardness(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BENCHMARKS, run
-
     if args.name is None:
         for name, what in BENCHMARKS.items():
             print(f"{name:14s} {what}")
         return 0
-    run(args.name, args.args)
+    run_benchmark(args.name, args.args)
     return 0
 
 
@@ -499,8 +484,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--seed", type=int, default=0, help="instance seed (default: 0)")
     h.set_defaults(func=cmd_hardness)
 
-    from .bench import BENCHMARKS
-
     b = sub.add_parser(
         "bench",
         help="run a benchmark (no NAME: list them)",
@@ -515,8 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def error_message(e: BaseException) -> str:
     """One line for any failure: the message, never an errno number or a bare key."""
-    from ._io import PathError, describe_oserror
-
     if isinstance(e, PathError):
         text = str(e)
     elif isinstance(e, OSError) and e.strerror:

@@ -13,29 +13,19 @@ z ~ N(0, 1), Q the normal tail and phi its density: E||h^(l-1)||^2 = m_(l-1) g(b
 z^l has unit variance at initialisation on any unit-norm input (tested on the training data),
 and b_l = sqrt(0.4 ln m_l) gives every layer the paper's firing rate m_l^(-1/5).
 
-The engine (``DeepEngine``): layer 1's firing pairs come from one of corrtree's engines over
-the data (its index maintained as W_1 moves); every later layer's input is sparse and
-non-negative, so its pre-activations are computed from the nonzeros only (m_l x nnz(h^(l-1))
-per point, W_l stored input-major so that each input's weights are one contiguous row), and
-back-propagation runs over firing units only: delta^(l-1) is needed only where layer l-1
-fired, and each W_l's gradient is a sum of outer products of two sparse vectors.
+Training (exact, over firing units only): ``corrtree.training.deep``.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
-from ._kernels import deep as K
-from ._kernels import sparse as S
-from ._validation import as_float_array, as_positive_int, as_scalar
-from .engines.base import PHASES, StepInfo
-from .losses import Squared
-from .model import Network, ShiftedReLUNet, _as_dtype, default_threshold, init_weights
+from .._validation import as_float_array, as_positive_int, as_scalar
+from .base import Network, as_dtype, default_threshold, init_weights
 
-__all__ = ["DeepEngine", "ShiftedReLUMLP", "layer_scale", "reference_step"]
+__all__ = ["ShiftedReLUMLP", "layer_scale", "reference_step"]
 
 
 def relu_second_moment(b: float) -> float:
@@ -81,7 +71,7 @@ class ShiftedReLUMLP(Network):
         d = as_positive_int(d, "d")
         widths = _as_widths(widths)
         n_outputs = as_positive_int(n_outputs, "n_outputs")
-        dtype = _as_dtype(dtype)
+        dtype = as_dtype(dtype)
         L = len(widths)
         W1, A = init_weights(d, (0, widths[0]), n_outputs=n_outputs, seed=seed, dtype=dtype)
         Wt = {}
@@ -269,140 +259,3 @@ def reference_step(net: ShiftedReLUMLP, X, Y, lr: float, rows=None) -> float:
     for l in range(2, net.depth + 1):
         net.Wt[l][...] = Ws[l - 1].T
     return loss
-
-
-# Layer-1 engines: dense and the trees follow W_1 as the deep engine writes it (their
-# maintain(moved) reads the current rows); certified writes W_1 itself (``descend``), from
-# the coefficients the deep engine back-propagates.
-LAYER1_ENGINES = ("dense", "certified", "dtree", "wtree", "halfspace")
-
-
-class DeepEngine:  # the training loop's stepper for deep networks
-    """Exact sparse training of a ``ShiftedReLUMLP`` (see the module docstring).
-
-    ``layer1``: the engine that finds layer 1's firing pairs ("auto": as for a two-layer
-    network, dense for small problems, else certified, measured 1.4-2x faster per step than
-    dense at widths (2^14, 2^14) and (2^16, 2^14) on Fashion-MNIST; or dtree, wtree,
-    halfspace). certified also writes W_1 (its drift certificates are kept in
-    the same pass, ``CertifiedEngine.descend``), and lists its hot neurons' pairs on every
-    batch (no hot BLAS block, whose gradient needs the network's residuals).
-    """
-
-    def __init__(
-        self,
-        net: ShiftedReLUMLP,
-        X: np.ndarray,
-        layer1="auto",
-        options=None,
-        *,
-        max_memory: int | None = None,
-    ):
-        from .engines import engine_class
-
-        cls = engine_class(layer1, X.shape[0], net.widths[0])
-        if cls.name not in LAYER1_ENGINES:
-            raise ValueError(
-                f"engine {cls.name!r} cannot find a deep network's first-layer pairs; choose "
-                f"one of {', '.join(LAYER1_ENGINES)} or auto"
-            )
-        self.net, self.X, self.name = net, X, f"deep[{cls.name}]"
-        # Layer 1 as a two-layer network: its own rows of W_1 and, as second layer, what the
-        # engine never uses for the deep network's arithmetic (only its firing pairs).
-        first = ShiftedReLUNet.from_weights(
-            net.W1,
-            net.A if net.depth == 1 else np.zeros((net.widths[0], 1), net.dtype),
-            net.thresholds[0],
-            scale=net.scale,
-        )
-        if hasattr(cls, "descend"):  # it writes W_1: its hot block's pairs must be listed
-            options = {**(options or {}), "blas_gradient": math.inf}
-        self.first = cls(first, X, options, max_memory=max_memory)
-        # forward multiply-adds done, and the floor: firing units times their input's
-        # nonzeros (d for layer 1), summed over points and layers
-        self.counters = {"steps": 0, "pairs": 0, "forward_madds": 0, "floor_madds": 0}
-
-    def _layer1_pairs(self, firing):
-        """Neuron-major (col_ptr, batch rows, z values) of layer 1's firing pairs."""
-        if hasattr(firing, "found"):  # certified: listed neuron-major already
-            return firing.found
-        if hasattr(firing, "ptr"):  # point-major pairs of the sparse engines
-            return S.transpose(firing.ptr, firing.idx, firing.val, self.net.widths[0])
-        H = firing.H
-        if H is None:  # the dense engine's blocked mode: compute again
-            Xb = self.X if firing.rows.size == self.X.shape[0] else self.X[firing.rows]
-            H = np.maximum(Xb @ self.net.W1.T - self.net.dtype.type(self.net.thresholds[0]), 0)
-        ptr, idx, val = K.above(H, 0.0)
-        val += self.net.dtype.type(self.net.thresholds[0])
-        return S.transpose(ptr, idx, val, self.net.widths[0])
-
-    def step(self, Y: np.ndarray, lr: float, rows=None, loss=None) -> StepInfo:
-        """One step on the batch ``rows`` (None: all points) for the targets Y; ``loss``: a
-        ``corrtree.losses.Loss`` (default squared), whose gradient starts the backward pass."""
-        net, dt = self.net, self.net.dtype
-        L, b = net.depth, [dt.type(t) for t in net.thresholds]
-        lr_t = dt.type(lr)
-        rows_ = np.arange(self.X.shape[0]) if rows is None else rows
-        B = rows_.size
-        seconds = dict.fromkeys(PHASES, 0.0)
-        t0 = time.perf_counter()
-        checked = self.first.counters["inner_products"]
-        firing = self.first.detect(rows)
-        if self.first.name == "dense":  # it counts its products in backward
-            self.counters["forward_madds"] += B * net.widths[0] * net.d
-        else:
-            self.counters["forward_madds"] += (
-                self.first.counters["inner_products"] - checked
-            ) * net.d
-        pairs = [self._layer1_pairs(firing)]  # per layer: neuron-major (col_ptr, rows, z)
-        t1 = time.perf_counter()
-        for l in range(2, L + 1):
-            col_ptr, prow, z = pairs[-1]
-            Z = np.empty((B, net.widths[l - 1]), dtype=dt)
-            K.spmm(col_ptr, prow, z, b[l - 2], net.Wt[l], Z)
-            self.counters["forward_madds"] += prow.size * net.widths[l - 1]
-            ptr, idx, val = K.above(Z, b[l - 1])
-            pairs.append(S.transpose(ptr, idx, val, net.widths[l - 1]))
-        col_ptr, prow, z = pairs[-1]
-        F = np.empty((B, net.n_outputs), dtype=dt)
-        pptr, pidx, pval = S.transpose(col_ptr, prow, z, B)
-        S.forward(pptr, pidx, pval, net.A, b[L - 1], dt.type(net.scale), F)
-        Yb = Y if rows is None else Y[rows]
-        loss, E = (Squared() if loss is None else loss)(F, Yb)
-        t2 = time.perf_counter()
-        # delta of the last layer at its firing pairs, then down, over firing units only
-        coef = np.empty(prow.size, dtype=dt)
-        S.neuron_coefficients(col_ptr, prow, net.A, E, dt.type(net.scale), coef)
-        for l in range(L, 1, -1):
-            up_ptr, up_rows, _ = pairs[l - 1]
-            dptr, didx, dval = S.transpose(up_ptr, up_rows, coef, B)  # point-major delta^l
-            lo_ptr, lo_rows, lo_z = pairs[l - 2]
-            coef = np.empty(lo_rows.size, dtype=dt)
-            K.backprop_update(
-                lo_ptr, lo_rows, lo_z, b[l - 2], net.Wt[l], dptr, didx, dval, lr_t, coef
-            )
-        col_ptr, prow, _ = pairs[0]
-        if hasattr(self.first, "descend"):  # it writes W_1 and its drift in one pass
-            moved = self.first.descend(firing, coef, lr)
-        else:
-            Xb = self.X if rows is None else self.X[rows]
-            K.rows_gradient_step(col_ptr, prow, coef, Xb, net.W1, lr_t)
-            moved = np.flatnonzero(np.diff(col_ptr))
-        t3 = time.perf_counter()
-        self.first.maintain(moved)
-        t4 = time.perf_counter()
-        for p, dt_ in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            seconds[p] = dt_
-        counts = [np.bincount(p[1], minlength=B) for p in pairs]
-        self.counters["floor_madds"] += int(counts[0].sum()) * net.d + sum(
-            int(counts[l] @ counts[l - 1]) for l in range(1, L)
-        )
-        n_pairs = sum(int(p[1].size) for p in pairs)
-        self.counters["steps"] += 1
-        self.counters["pairs"] += n_pairs
-        return StepInfo(loss, n_pairs, int(moved.size), seconds, F, rows)
-
-    def stats(self) -> dict:
-        return {**self.first.stats(), **self.counters}
-
-    def finite(self) -> bool:
-        return self.net.finite()

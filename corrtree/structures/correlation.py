@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import forest as K
-from ._validation import (
+from .._kernels import forest as K
+from .._validation import (
     FLOAT_DTYPES,
     as_float_array,
     as_index,
@@ -26,7 +26,7 @@ from ._validation import (
     check_memory,
 )
 
-__all__ = ["CorrelationDTree", "CorrelationWTree", "forest_nbytes"]
+__all__ = ["CHUNK_BYTES", "CorrelationDTree", "CorrelationWTree", "forest_nbytes"]
 
 CHUNK_BYTES = 64 << 20  # default size of the blocked Init's temporaries
 

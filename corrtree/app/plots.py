@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._io import atomic_path  # noqa: E402
-from .engines.base import PHASES  # noqa: E402
+from .._io import atomic_path  # noqa: E402
+from ..engines.base import PHASES  # noqa: E402
 
 
 def save(fig, path: str) -> str:

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from ._kernels import optim as K
+from .._kernels import optim as K
 
 __all__ = [
     "OPTIMIZERS",

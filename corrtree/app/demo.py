@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from . import _io
-from .datasets import FASHION_MNIST_DIR
+from .. import _io
+from ..datasets import FASHION_MNIST_DIR
 from .run import RunConfig, describe, run_training
 
 

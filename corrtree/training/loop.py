@@ -1,4 +1,6 @@
-"""The training loop: full-batch gradient descent or mini-batch SGD with any engine."""
+"""The training loop: full-batch gradient descent or mini-batch SGD of any network, through
+the stepper registered for its kind (``corrtree.training.step``); the batch schedule, the
+learning-rate schedule, held-out evaluation, early stopping and divergence checks."""
 
 from __future__ import annotations
 
@@ -6,21 +8,18 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._validation import as_positive_int, as_scalar
-from .engines import engine_class
-from .engines.base import PHASES, Engine, Options, StepInfo
-from .losses import Loss, Squared, get_loss
-from .optim import Adam, Optimizer, get_optimizer, get_schedule
+from .._validation import as_positive_int, as_scalar
+from ..engines.base import PHASES, StepInfo
+from ..nets import firing_probability
+from .losses import get_loss
+from .optim import Adam, get_optimizer, get_schedule
+from .step import Plan, Stepper, StepperLost, shard, stepper_for
 
-__all__ = ["DivergenceError", "History", "auto_lr", "batch_schedule", "take_step", "train"]
-
-
-_SQUARED = Squared()
+__all__ = ["DivergenceError", "History", "auto_lr", "batch_schedule", "train"]
 
 
 class DivergenceError(FloatingPointError):
@@ -110,8 +109,6 @@ def auto_lr(n: int, batch_size: int | None, threshold: float, depth: int = 1) ->
     twice that diverged on (512, 256) (docs/deep.md)."""
     if n < 1:
         raise ValueError(f"cannot choose a learning rate for {n} points")
-    from .model import firing_probability
-
     p = max(firing_probability(threshold), 1e-12)
     return 2.0 / (min(n, batch_size or n) * p * as_positive_int(depth, "depth"))
 
@@ -137,100 +134,6 @@ def batch_schedule(
             epoch += 1
         if t >= start:
             yield np.sort(perm[k * batch_size : (k + 1) * batch_size]).astype(np.int64)
-
-
-def take_step(
-    engines,
-    Y: np.ndarray,
-    lr: float,
-    rows: np.ndarray | None = None,
-    *,
-    loss: Loss | None = None,
-    optimizer: Optimizer | None = None,
-    train_output: bool = False,
-) -> StepInfo:
-    """One gradient step of the engines (one engine, or several over disjoint blocks of
-    neurons of one network) on the batch ``rows`` (None: all points): their partial outputs
-    summed in the given order, the loss and its gradient E = dLoss/dF (``loss``, default the
-    paper's squared loss, for which E = F - Y), then every engine's backward pass with E and
-    its maintenance. ``optimizer`` (default plain SGD) turns the gradient rows into the step;
-    ``train_output`` also updates the output layer A from its gradient at the firing pairs.
-    Returns the step's ``StepInfo``."""
-    engines = (engines,) if isinstance(engines, Engine) else tuple(engines)
-    loss = _SQUARED if loss is None else loss
-    seconds = dict.fromkeys(PHASES, 0.0)
-    t0 = time.perf_counter()
-    firing = [e.detect(rows) for e in engines]
-    t1 = time.perf_counter()
-    F = engines[0].forward(firing[0])
-    for e, f in zip(engines[1:], firing[1:], strict=True):
-        F += e.forward(f)
-    value, E = loss(F, Y if rows is None else Y[rows])
-    t2 = time.perf_counter()
-    if optimizer is None or (optimizer.fused and not train_output):
-        moved = [e.backward(f, E, lr) for e, f in zip(engines, firing, strict=True)]
-    else:
-        optimizer.begin_step()
-        moved = [
-            _update(k, e, f, E, lr, optimizer, train_output)
-            for k, (e, f) in enumerate(zip(engines, firing, strict=True))
-        ]
-    t3 = time.perf_counter()
-    for e, mv in zip(engines, moved, strict=True):
-        e.maintain(mv)
-    t4 = time.perf_counter()
-    for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-        seconds[p] = dt
-    return StepInfo(
-        value,
-        sum(f.pairs for f in firing),
-        sum(int(mv.size) for mv in moved),
-        seconds,
-        F,
-        rows,
-    )
-
-
-def _update(k, engine, firing, E, lr, optimizer, train_output) -> np.ndarray:
-    """One engine's update through the optimizer: the output layer's gradient first (the
-    engine may reuse the firing record's buffers for the hidden gradient), both gradients at
-    the weights of the step's start, then W's step (applied by the engine) and A's."""
-    net = engine.net
-    if train_output:
-        aids, GA = engine.output_gradient(firing, E)
-    if optimizer.fused:
-        moved = engine.backward(firing, E, lr)
-    else:
-        ids, G = engine.gradient(firing, E)
-        ids, D = optimizer.update(f"W{k}", net.W, ids, G, lr, lazy=True)
-        moved = engine.apply(firing, ids, D)
-    if train_output:
-        aids, DA = optimizer.update(f"A{k}", net.A, aids, GA, lr, lazy=False)
-        net.A[aids] -= DA
-    return moved
-
-
-@contextmanager
-def thread_limit(threads: int | None):
-    """Run corrtree's work on ``threads`` threads (None: numba's current count): numba's
-    kernels, and large products split by corrtree over its own threads while the BLAS
-    library runs single-threaded (``corrtree._blas``), so that idle BLAS threads never spin
-    on the cores the kernels need, whatever the import order."""
-    import numba
-
-    from ._blas import split_products
-
-    if threads is None:
-        n = numba.get_num_threads()
-    else:
-        n = min(as_positive_int(threads, "threads"), numba.config.NUMBA_NUM_THREADS)
-    old = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        with split_products(n):
-            yield
-    finally:
-        numba.set_num_threads(old)
 
 
 def train(
@@ -284,14 +187,15 @@ def train(
     reached; ``patience`` stops it after that many evaluations without a better held-out loss
     and puts the best evaluated weights back into ``net``.
 
-    Distributed (Ray, ``pip install 'corrtree[ray]'``): ``workers=N`` splits the neurons into
-    N blocks, each trained by its own engine on a Ray worker (``cluster``: a
-    ``corrtree.distributed.Cluster``; default: the Ray of this process, else a local one);
-    the trained weights come back into ``net.W``. A ``corrtree.distributed.ShardedNet``, whose
-    weights live only on its workers, is trained in place (and is what ``callback`` gets).
-    ``threads`` is then per worker. A lost worker raises ``WorkerLostError``. Deep and
-    sharded networks train with the paper's recipe (squared loss, SGD, fixed output layer);
-    deep networks also with the other losses.
+    Any kind of network trains here: the loop runs the stepper registered for the network's
+    type (``stepper_for``): a ``ShiftedReLUNet`` on one engine, a ``ShiftedReLUMLP`` through
+    ``DeepEngine``, a ``corrtree.distributed.ShardedNet`` (weights on Ray workers, trained in
+    place; ``threads`` is then per worker) through one round trip per step. Deep and sharded
+    networks train with plain SGD and a fixed output layer; deep networks with every loss,
+    sharded ones with the squared loss. ``workers=N`` (and ``cluster``, a
+    ``corrtree.distributed.Cluster``; default: the Ray of this process, else a local one) is
+    a convenience: the two-layer ``net`` is split over N Ray workers for this run and the
+    trained weights come back into ``net.W``. A lost worker raises ``WorkerLostError``.
     """
     loss = get_loss(loss)
     optimizer = get_optimizer(optimizer)
@@ -326,32 +230,26 @@ def train(
         )
     elif target_accuracy is not None or patience is not None:
         raise ValueError("target_accuracy and patience need a held-out set: eval=(X, y)")
-    if patience is not None and (net.sharded or workers is not None or cluster is not None):
+    sharding = workers is not None or cluster is not None
+    if patience is not None and (net.sharded or sharding):
         raise ValueError("patience keeps the best weights in this process: not for sharded runs")
-    from .deep import DeepEngine, ShiftedReLUMLP
-    from .distributed import ShardedNet
-
-    deep = isinstance(net, ShiftedReLUMLP)
     if lr is None:
         adam = isinstance(optimizer, Adam)
         lr = 1e-3 if adam else auto_lr(n, batch_size, net.thresholds[0], net.depth)
     lr = as_scalar(lr, "lr")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    distributed = workers is not None or cluster is not None or isinstance(net, ShardedNet)
-    if deep and distributed:
-        raise ValueError(
-            "workers shard a two-layer network; a ShiftedReLUMLP trains in one process"
-        )
-    paper_step = optimizer.fused and not train_output
-    if (deep or distributed) and not paper_step:
-        kind = "a deep network" if deep else "a sharded network"
-        raise ValueError(
-            f"{kind} trains with plain SGD and a fixed output layer; optimizer="
-            f"{optimizer!r}, train_output={train_output} are for two-layer networks"
-        )
-    if distributed and not isinstance(loss, Squared):
-        raise ValueError(f"a sharded network trains the squared loss, got {loss.name!r}")
+    plan = Plan(
+        lr=lr,
+        loss=loss,
+        optimizer=optimizer,
+        train_output=bool(train_output),
+        engine=engine,
+        engine_options=engine_options,
+        threads=threads,
+        max_memory=max_memory,
+        epochs=(steps - start_step) * (batch_size or n) / n,
+    )
     loop = functools.partial(
         _loop,
         n=n,
@@ -364,117 +262,23 @@ def train(
         schedule=schedule,
         evaluator=evaluator,
     )
-    if distributed:
-        return _train_distributed(
-            net, X, Y, lr, engine, engine_options, threads, max_memory, workers, cluster, loop
-        )
-    with thread_limit(threads), np.errstate(over="ignore", invalid="ignore"):
-        t0 = time.perf_counter()
-        if deep:
-            stepper = _DeepStepper(
-                DeepEngine(net, X, engine, engine_options, max_memory=max_memory), Y, lr, loss
-            )
-            name = stepper.engine.name
-        else:
-            cls = engine_class(engine, n, net.width)
-            options = cls.make_options(
-                _planned(
-                    cls,
-                    engine,
-                    engine_options,
-                    paper_step,
-                    (steps - start_step) * (batch_size or n) / n,
-                )
-            )
-            stepper = _LocalStepper(
-                cls(net, X, options, max_memory=max_memory),
-                Y,
-                lr,
-                loss,
-                None if paper_step else optimizer,
-                train_output,
-            )
-            name = cls.name
-        preprocess = time.perf_counter() - t0
-        return loop(stepper, net, name, preprocess)
+    if not sharding:
+        return _train(net, X, Y, plan, loop)
+    with shard(net, workers, cluster, plan) as target:
+        return _train(target, X, Y, plan, loop)
 
 
-def _planned(cls, engine, options, paper_step: bool, epochs: float):
-    """The options ``auto`` gives certified for the run it is about to train, under those the
-    user set: a lazy index (no upfront n m d pass) for runs shorter than two epochs, which
-    cannot amortise that pass, and for optimizers whose steps move every touched row by
-    about lr per coordinate (Adam), which turn the moving neurons hot within a few steps, so
-    that re-referencing them is also put off (eight times the hot checks of the paper's
-    rule: they turn hot again at once). docs/engines.md, "Optimizers"."""
-    if engine != "auto" or cls.name != "certified" or isinstance(options, Options):
-        return options
-    planned = {"lazy": not paper_step or epochs < 2}
-    if not paper_step:
-        planned["rebuild_after"] = 8.0
-    return {**planned, **(options or {})}
-
-
-class _LocalStepper:
-    """One process: ``take_step`` on one engine."""
-
-    def __init__(self, engine: Engine, Y, lr, loss=None, optimizer=None, train_output=False):
-        self.engine, self.Y, self.lr = engine, Y, lr
-        self.loss, self.optimizer, self.train_output = loss, optimizer, train_output
-
-    def step(self, t, rows, next_rows, has_next) -> StepInfo:
-        return take_step(
-            self.engine,
-            self.Y,
-            self.lr,
-            rows,
-            loss=self.loss,
-            optimizer=self.optimizer,
-            train_output=self.train_output,
-        )
-
-    def finite(self) -> bool:
-        return self.engine.net.finite()
-
-    def stats(self) -> dict:
-        return self.engine.stats()
-
-
-class _DeepStepper(_LocalStepper):
-    """A deep network: ``DeepEngine.step``."""
-
-    def step(self, t, rows, next_rows, has_next) -> StepInfo:
-        return self.engine.step(self.Y, self.lr, rows, loss=self.loss)
-
-    def finite(self) -> bool:
-        return self.engine.finite()
-
-
-def _train_distributed(
-    net, X, Y, lr, engine, engine_options, threads, max_memory, workers, cluster, loop
-) -> History:
-    from .distributed import DistributedStepper, ShardedNet
-
-    if isinstance(net, ShardedNet):
-        if workers is not None and workers != net.workers:
-            raise ValueError(
-                f"the ShardedNet has {net.workers} workers; workers={workers} cannot change it"
-            )
-        snet, owned = net, False
-    else:
-        snet, owned = ShardedNet.from_net(net, workers or 1, cluster), True
-    try:
-        lo, hi = snet.ranges[0]
-        cls = engine_class(engine, X.shape[0], hi - lo)
-        options = cls.make_options(engine_options)
-        with np.errstate(over="ignore", invalid="ignore"):
-            stepper = DistributedStepper(snet, X, Y, engine, options, lr, threads, max_memory)
-            hist = loop(stepper, snet, stepper.engine, stepper.preprocess_seconds)
-        if owned:  # the caller's network gets the trained weights, in place
-            net.W[...] = snet.gather().W
-        return hist
-    finally:
-        if owned:
-            snet.close()
+def _train(net, X, Y, plan: Plan, loop) -> History:
+    """Build the network's stepper (found by its type), run the loop, close the stepper."""
+    cls = stepper_for(net)
+    cls.check(net, plan)
+    with np.errstate(over="ignore", invalid="ignore"):
+        stepper = cls(net, X, Y, plan)
+        try:
+            with stepper.running():
+                return loop(stepper, net)
+        finally:
+            stepper.close()
 
 
 class _Evaluator:
@@ -533,10 +337,8 @@ def _arrays(net) -> dict[str, np.ndarray]:
 
 
 def _loop(
-    stepper,
+    stepper: Stepper,
     net,
-    name,
-    preprocess,
     *,
     n,
     steps,
@@ -548,6 +350,7 @@ def _loop(
     schedule,
     evaluator,
 ) -> History:
+    name, preprocess = stepper.name, stepper.preprocess_seconds
     hist = History(engine=name, batch_size=batch_size, preprocess_seconds=preprocess)
     batches = batch_schedule(n, batch_size, steps, seed, start_step)
     bar = None
@@ -615,9 +418,7 @@ class _DivergenceWatch:
     def after_failure(self, t: int, error: Exception) -> None:
         if isinstance(error, FloatingPointError):
             raise DivergenceError(t, str(error), self.last) from error
-        from .distributed import WorkerLostError
-
-        if not isinstance(error, WorkerLostError) and not self.finite():
+        if not isinstance(error, StepperLost) and not self.finite():
             raise DivergenceError(t, "the weights hold NaN or inf", self.last) from error
 
     def __call__(self, t: int, info: StepInfo, final: bool = False) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from ._validation import as_float_array
+from .._validation import as_float_array
 
 __all__ = ["LOSSES", "CrossEntropy", "Logistic", "Loss", "Squared", "get_loss"]
 
