@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import distributed as _distributed  # noqa: F401  (registers the sharded kinds)
+from ._version import __version__
 from .engines import ENGINES
 from .nets import (
     ShiftedReLUMLP,
@@ -21,8 +22,6 @@ from .nets import (
 )
 from .structures import CorrelationDTree, CorrelationWTree
 from .training import History, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ENGINES",

@@ -14,7 +14,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ._validation import as_positive_int
 
@@ -32,8 +34,6 @@ def workers() -> int:
 def split_products(n: int):
     """Inside the block, BLAS runs single-threaded and ``matmul`` splits products into ``n``
     pieces on corrtree's threads."""
-    from threadpoolctl import threadpool_limits
-
     old = workers()
     _state.workers = max(1, int(n))
     try:
@@ -77,8 +77,6 @@ def thread_limit(threads: int | None):
     kernels, and large products split by corrtree over its own threads while the BLAS
     library runs single-threaded (``corrtree._blas``), so that idle BLAS threads never spin
     on the cores the kernels need, whatever the import order."""
-    import numba
-
     if threads is None:
         n = numba.get_num_threads()
     else:

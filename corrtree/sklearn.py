@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .nets import ShiftedReLUMLP, ShiftedReLUNet, normalize_rows
+from .nets import make_network, normalize_rows
 from .training import auto_lr, train
 
 __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
@@ -18,13 +19,13 @@ ESTIMATOR_ADAM_LR = 1e-2  # the estimators' Adam learning rate (their runs are s
 
 class _SparseReLUBase(BaseEstimator):
     """``width``: the hidden layer's width; ``widths`` = (m_1, ..., m_L) instead trains a deep
-    shifted-ReLU network (``corrtree.deep.ShiftedReLUMLP``, ``threshold`` then applies to
+    shifted-ReLU network (``corrtree.nets.ShiftedReLUMLP``, ``threshold`` then applies to
     every layer, None: each layer's default).
 
     ``recipe``: ``"adam"`` (cross-entropy for the classifier, squared loss for the regressor,
     a trained output layer, lazy Adam; ``lr`` default 1e-2, tuned for the default 100 steps)
     or ``"paper"`` (squared loss, output layer fixed at +-1, SGD with ``lr`` default
-    ``corrtree.train.auto_lr``). Deep networks train the paper's recipe. docs/recipes.md."""
+    ``corrtree.training.auto_lr``). Deep networks train the paper's recipe. docs/recipes.md."""
 
     def __init__(
         self,
@@ -62,29 +63,19 @@ class _SparseReLUBase(BaseEstimator):
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, loss: str):
         n = X.shape[0]
-        if self.widths is not None:  # a deep network: hidden layers of these widths
-            self.net_ = ShiftedReLUMLP(
-                X.shape[1],
-                self.widths,
-                n_outputs=Y.shape[1],
-                thresholds=self.threshold,
-                seed=self.random_state,
-                dtype=self.dtype,
-            )
-            b, depth = self.net_.thresholds[0], self.net_.depth
-        else:
-            self.net_ = ShiftedReLUNet(
-                X.shape[1],
-                self.width,
-                self.threshold,
-                seed=self.random_state,
-                dtype=self.dtype,
-                n_outputs=Y.shape[1],
-            )
-            b, depth = self.net_.threshold, 1
+        self.net_ = make_network(
+            X.shape[1],
+            self.width,
+            self.widths,
+            threshold=self.threshold,
+            seed=self.random_state,
+            dtype=self.dtype,
+            n_outputs=Y.shape[1],
+        )
+        b, depth = self.net_.thresholds[0], self.net_.depth
         if self.recipe not in ("adam", "paper"):
             raise ValueError(f"recipe must be 'adam' or 'paper', got {self.recipe!r}")
-        adam = self.recipe == "adam" and self.widths is None
+        adam = self.recipe == "adam" and depth == 1  # deep networks train the paper's step
         if self.lr is not None:
             lr = self.lr
         else:
@@ -166,6 +157,4 @@ class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
         """Class probabilities: the softmax of the outputs (the model of the cross-entropy
         recipe; with ``recipe="paper"`` the outputs were fitted to one-hot targets by squared
         loss, and their softmax only ranks the classes)."""
-        from scipy.special import softmax
-
         return softmax(self._outputs(X).astype(np.float64), axis=1)

@@ -7,6 +7,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import numpy as np
 import pytest
 
+from corrtree.training.step import EngineStepper, Plan
+
 
 @pytest.fixture
 def rng():
@@ -18,20 +20,17 @@ def unit_rows(rng, n, d):
     return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
-class Stepper:
-    """An engine driven by the training loop's step, as ``train`` drives it; attributes not
+class Stepper(EngineStepper):
+    """The training loop's stepper for one engine, driven step by step; attributes not
     defined here are the engine's."""
 
     def __init__(self, engine, net, X, Y, **options):
-        from corrtree.engines import make_engine
-
-        self.engine = make_engine(engine, net, X, options or None)
-        self.Y = Y
+        super().__init__(net, X, Y, Plan(lr=0.0, engine=engine, engine_options=options or None))
 
     def step(self, lr, rows=None):
-        from corrtree.training import take_step
-
-        return take_step(self.engine, self.Y, lr, rows)
+        return self.advance(lr, rows)
 
     def __getattr__(self, name):
+        if name == "engine":
+            raise AttributeError(name)
         return getattr(self.engine, name)

@@ -10,9 +10,10 @@ import sys
 
 import numpy as np
 
-from .. import __version__, _io
+from .. import _io
 from .. import hardness as H
 from .._io import PathError, describe_oserror
+from .._version import __version__
 from ..bench import BENCHMARKS
 from ..bench import run as run_benchmark
 from ..datasets import load_dataset

@@ -36,7 +36,7 @@ class RunConfig:
     checkpoint_every: int | None = None
     workers: int | None = None  # Ray workers, each training a block of neurons
     widths: list[int] | None = None  # hidden layers of a deep network (width then unused)
-    # The recipe (corrtree.train's loss, optimizer, train_output, schedule): "paper" is the
+    # The recipe (corrtree.training.train's loss, optimizer, train_output, schedule): "paper" is the
     # paper's (squared loss, SGD, fixed output layer); "adam" is cross-entropy for classes
     # (logistic for --targets binary, squared for regression), lazy Adam and a trained output
     # layer. loss, optimizer and train_output override a part of it.

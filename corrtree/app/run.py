@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from .. import _io
 from .._validation import check_memory
 from ..datasets import Dataset, load_dataset
 from ..distributed import Cluster, ShardedNet, WorkerLostError
 from ..engines import engine_class
-from ..nets import ShiftedReLUMLP, ShiftedReLUNet, store
+from ..nets import make_network, store
 from ..nets.store import load_folder as load_model
 from ..training import Adam, DivergenceError, auto_lr, get_loss, get_optimizer, train
 from .config import RunConfig, RunFinished, adam_lr, config_hash
@@ -263,8 +264,6 @@ def held_out(cfg: RunConfig, data):
         return data, (f"the test split ({test.n} points)", test)
     if cfg.val_fraction is None:
         return data, None
-    from sklearn.model_selection import train_test_split
-
     try:
         keep, held = train_test_split(
             np.arange(data.n),
@@ -301,18 +300,15 @@ def _make_net(cfg, data, Y, state_path, cluster):
             )
         net = ShardedNet.load(state_path, cfg.workers, cluster)
         net.seed = cfg.seed
-    elif state_path is None and cfg.widths:
-        return ShiftedReLUMLP(
+    elif state_path is None:
+        return make_network(
             data.d,
+            cfg.width,
             cfg.widths,
-            n_outputs=Y.shape[1],
-            thresholds=cfg.threshold,
+            threshold=cfg.threshold,
             seed=cfg.seed,
             dtype=cfg.dtype,
-        )
-    elif state_path is None:
-        return ShiftedReLUNet(
-            data.d, cfg.width, cfg.threshold, seed=cfg.seed, dtype=cfg.dtype, n_outputs=Y.shape[1]
+            n_outputs=Y.shape[1],
         )
     else:
         net = store.load(state_path)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import os
 import platform
 import sys
+import time
 
 import numpy as np
+
+from corrtree import _bf16, _io
+from corrtree.engines import APPROXIMATE, ENGINES, make_engine
+from corrtree.nets import ShiftedReLUNet
+from corrtree.training import take_step, thread_limit, train
 
 
 def header(name: str, threads: int) -> dict:
@@ -33,8 +40,6 @@ def loglog_slope(x, y) -> float:
 
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    import time
-
     fn()
     times = []
     for _ in range(repeats):
@@ -46,8 +51,6 @@ def median_seconds(fn, repeats: int) -> float:
 
 def parser(module: str, doc: str):
     """The argument parser every benchmark starts from: --quick, --threads, --seed, --out."""
-    import argparse
-
     p = argparse.ArgumentParser(
         prog=f"corrtree bench {module.rsplit('.', 1)[-1]}", description=doc.split("\n\n")[0]
     )
@@ -63,8 +66,6 @@ def parse(p, argv):
     benchmark ran."""
     args = p.parse_args(argv)
     if getattr(args, "out", None):
-        from corrtree import _io
-
         _io.check_writable(args.out)
     return args
 
@@ -72,8 +73,6 @@ def parse(p, argv):
 def save(report: dict, out: str | None) -> dict:
     """Write a benchmark's report as JSON to ``out`` (atomically; nothing when None)."""
     if out:
-        from corrtree import _io
-
         _io.write_json(out, report)
         print(f"wrote {out}")
     return report
@@ -106,8 +105,6 @@ def plan_methods(methods: str, threads: int) -> list[tuple[str, type]]:
     ``torch32``: the tight dense baselines in float32 (torch32 skipped with a message when
     PyTorch is absent); ``dense32``: the dense engine in float32; an engine name (float32) or
     an engine name ending in ``64`` (that engine in float64)."""
-    from corrtree.engines import APPROXIMATE, ENGINES
-
     names = list(dict.fromkeys(["dense64", *[m for m in methods.split(",") if m]]))
     plan = []
     for name in names:
@@ -170,11 +167,6 @@ def compile_certified(dtype=np.float32, threads: int = 2) -> None:
     it is available (float32), and a lazy index. A warm-up with a few points alone reaches
     none of the large-problem paths, and a cold cache then put compile time into the timed
     steps (about a minute for full-batch GD)."""
-    import corrtree as ct
-    from corrtree import _bf16
-    from corrtree.engines import make_engine
-    from corrtree.training import take_step, thread_limit
-
     rng = np.random.default_rng(0)
     n, d, m = 1100, 16, 64  # n >= 1024: full batches take the BLAS path for hot neurons
     X = rng.standard_normal((n, d))
@@ -184,7 +176,7 @@ def compile_certified(dtype=np.float32, threads: int = 2) -> None:
     with thread_limit(threads):
         for index_bf16 in bf16:
             for lazy in (False, True):
-                net = ct.ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
+                net = ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
                 options = {"blas_gradient": 0.0, "index_bf16": index_bf16, "lazy": lazy}
                 engine = make_engine("certified", net, X, options)
                 for rows in (None, None, np.arange(8), np.arange(8, 16)):
@@ -193,8 +185,8 @@ def compile_certified(dtype=np.float32, threads: int = 2) -> None:
                 take_step(engine, Y, 0.5, np.arange(16, 24))
         # the recipes' kernels: output-layer gradient, lazy Adam, the split update
         for rows in (None, 8):
-            net = ct.ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
-            ct.train(
+            net = ShiftedReLUNet(d, m, n_outputs=2, threshold=0.5, dtype=dtype)
+            train(
                 net, X, rng.integers(0, 2, n), steps=3, batch_size=rows, engine="certified",
                 engine_options={"blas_gradient": 0.0}, loss="cross_entropy", optimizer="adam",
                 train_output=True, threads=threads,

@@ -8,11 +8,14 @@ Every method has ``step(lr, rows=None) -> StepInfo``, ``stats()`` and ``nbytes``
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from corrtree.engines import StepInfo, make_engine
-from corrtree.training import take_step, thread_limit
+from corrtree.engines import StepInfo
+from corrtree.training import thread_limit
+from corrtree.training.step import EngineStepper, Plan
 
 BASELINES = ("numpy-tight", "torch-tight")
 
@@ -22,10 +25,6 @@ def method_threads(name: str, threads: int):
     ``thread_limit`` (numba and corrtree's product threads, BLAS single-threaded); the NumPy
     baseline with BLAS on ``threads`` threads, as a user runs it; PyTorch with its own pool
     (``torch.set_num_threads``, set by the benchmark)."""
-    from contextlib import nullcontext
-
-    from threadpoolctl import threadpool_limits
-
     if name == "numpy-tight":
         return threadpool_limits(limits=threads, user_api="blas")
     if name == "torch-tight":
@@ -33,19 +32,18 @@ def method_threads(name: str, threads: int):
     return thread_limit(threads)
 
 
-class EngineMethod:
-    """A corrtree engine driven by the training loop's step."""
+class EngineMethod(EngineStepper):
+    """A corrtree engine driven by the training loop's stepper, step by step (its threads set
+    by ``method_threads``)."""
 
     def __init__(self, engine, net, X, Y, options=None):
-        self.engine = make_engine(engine, net, X, options)
-        self.name = self.engine.name
-        self.Y = Y
+        super().__init__(net, X, Y, Plan(lr=0.0, engine=engine, engine_options=options))
+
+    def running(self):
+        return nullcontext()
 
     def step(self, lr, rows=None):
-        return take_step(self.engine, self.Y, lr, rows)
-
-    def stats(self):
-        return self.engine.stats()
+        return self.advance(lr, rows)
 
     @property
     def nbytes(self):

@@ -31,14 +31,15 @@ backward runs over firing pairs only).
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
 from corrtree.bench._common import compile_certified, header, parse, parser, save
 from corrtree.datasets import load_dataset
 from corrtree.engines import ENGINES
-from corrtree.nets import default_threshold
-from corrtree.training import auto_lr
+from corrtree.nets import ShiftedReLUMLP, default_threshold
+from corrtree.training import auto_lr, batch_schedule, train
 
 # Weights of corrtree and each PyTorch method after the sampled steps: relative Frobenius gap
 # at most TOLERANCE per layer. Not the largest entry: in float32 a pre-activation within
@@ -49,8 +50,6 @@ TOLERANCE = 1e-3
 
 def torch_steps(kind, net, X, Y, batches, lr, threads):
     """Run the PyTorch step on the given batches; returns (seconds per step, weights)."""
-    import warnings
-
     import torch
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -106,22 +105,13 @@ def torch_steps(kind, net, X, Y, batches, lr, threads):
 def warm_up(X, Y, threads):
     """Compile every kernel the timed runs can reach before timing them: `certified` on its
     own (``compile_certified``), then a tiny deep network over each first-layer engine."""
-    import corrtree as ct
-    from corrtree.nets import ShiftedReLUMLP
-
     compile_certified(np.float32, threads)
     for layer1 in ("dense", "certified"):
         net = ShiftedReLUMLP(X.shape[1], (64, 32), n_outputs=Y.shape[1], dtype=np.float32)
-        ct.train(
-            net, X[:64], Y[:64], steps=3, lr=0.1, batch_size=16, engine=layer1, threads=threads
-        )
+        train(net, X[:64], Y[:64], steps=3, lr=0.1, batch_size=16, engine=layer1, threads=threads)
 
 
 def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0, layer1="auto"):
-    import corrtree as ct
-    from corrtree.nets import ShiftedReLUMLP
-    from corrtree.training import batch_schedule
-
     n, B = X.shape[0], 256 if not quick else 32
     steps_per_epoch = -(-n // B)
     steps = epochs * steps_per_epoch
@@ -157,7 +147,7 @@ def run(widths, epochs, sample, threads, X, Y, Xtest, ytest, lr, quick, seed=0, 
             epoch_end.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    hist = ct.train(
+    hist = train(
         net,
         X,
         Y,

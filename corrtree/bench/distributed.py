@@ -24,9 +24,11 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import header, parse, parser, save, step_summary
 from corrtree.datasets import load_dataset
+from corrtree.distributed import Cluster, ShardedNet
+from corrtree.nets import ShiftedReLUNet
+from corrtree.training import train
 
 # float32 runs: the loss of the first CHECKED steps within TOLERANCE (relative) of the
 # one-process run's. The shards' partial outputs are summed in another order, so float32
@@ -70,16 +72,14 @@ def configs(args) -> list[dict]:
 
 
 def run_config(cfg: dict, workers_list, threads: int, cluster) -> list[dict]:
-    from corrtree.distributed import ShardedNet
-
     X = cfg["X"].astype(np.float32)
     Y = cfg["Y"].astype(np.float32)
     d, C, m, B = X.shape[1], Y.shape[1], cfg["m"], cfg["batch"]
     kw = {"steps": cfg["steps"], "lr": cfg["lr"], "batch_size": B, "seed": 0}
     rows = []
-    net = ct.ShiftedReLUNet(d, m, seed=0, dtype=np.float32, n_outputs=C)
+    net = ShiftedReLUNet(d, m, seed=0, dtype=np.float32, n_outputs=C)
     t0 = time.perf_counter()
-    hist = ct.train(net, X, Y, threads=threads, **kw)
+    hist = train(net, X, Y, threads=threads, **kw)
     wall = time.perf_counter() - t0
     secs = [sum(s) for s in zip(*hist.seconds.values(), strict=True)]
     ref_W, ref_loss = net.W, np.array(hist.loss)
@@ -92,7 +92,7 @@ def run_config(cfg: dict, workers_list, threads: int, cluster) -> list[dict]:
         snet = ShardedNet(d, m, seed=0, dtype=np.float32, n_outputs=C, workers=w, cluster=cluster)
         try:
             t0 = time.perf_counter()
-            hist = ct.train(snet, X, Y, threads=max(1, threads // w), **kw)
+            hist = train(snet, X, Y, threads=max(1, threads // w), **kw)
             wall = time.perf_counter() - t0
             W = snet.gather().W
             peak = snet.peak_memory()
@@ -136,8 +136,6 @@ def main(argv=None) -> dict:
     p.add_argument("--sgd-steps", type=int, default=100)
     p.add_argument("--gd-steps", type=int, default=10)
     args = parse(p, argv)
-    from corrtree.distributed import Cluster
-
     workers_list = [int(w) for w in args.workers.split(",")]
     report = header("distributed", args.threads) | {"configs": []}
     with Cluster(num_cpus=max(args.threads, max(workers_list))) as cluster:

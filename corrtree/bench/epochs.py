@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import (
     compile_certified,
     header,
@@ -38,7 +37,7 @@ from corrtree.bench._common import (
 from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
 from corrtree.engines.certified import CertifiedEngine
-from corrtree.nets import init_weights
+from corrtree.nets import ShiftedReLUNet, default_threshold, init_weights
 from corrtree.training import auto_lr, batch_schedule
 
 
@@ -49,7 +48,7 @@ def accuracy(net, X, labels) -> float:
 def run(method, X, Y, Xt, lt, W0, A0, batches, per_epoch, epochs, lr, threads, log, options=None):
     """Train ``method`` for ``epochs`` epochs (``options``: its engine's); per epoch:
     seconds (preprocessing in the first), test accuracy."""
-    net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
+    net = ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
     reset_peak_rss()
     out = {"epoch_seconds": [], "test_accuracy": [], "step_seconds": []}
     with method_threads(method, threads):
@@ -118,7 +117,7 @@ def main(argv=None):
     if args.lr is not None:
         lr = args.lr
     elif args.quick:  # digits at m = 2^10: the library's default, which is stable there
-        lr = auto_lr(n, args.batch, ct.default_threshold(width))
+        lr = auto_lr(n, args.batch, default_threshold(width))
     else:
         lr = reference_lr(args.batch)
     per_epoch = -(-n // args.batch)

@@ -22,7 +22,6 @@ import tracemalloc
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import (
     compile_certified,
     header,
@@ -37,7 +36,7 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import BASELINES, make_method, method_threads
 from corrtree.datasets import load_dataset
-from corrtree.nets import init_weights
+from corrtree.nets import ShiftedReLUNet, default_threshold, init_weights
 
 TOLERANCE = 1e-4
 
@@ -51,7 +50,7 @@ def load(quick: bool):
 
 
 def run_method(name, X, y, W0, A0, dtype, steps, lr, threads=2):
-    net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
+    net = ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     Xd = X.astype(dtype)
     Y = y.reshape(len(y), -1).astype(dtype)
     approximate = name.startswith("lsh-")
@@ -163,7 +162,7 @@ def main(argv=None):
         "n": int(X.shape[0]),
         "d": int(X.shape[1]),
         "m": width,
-        "threshold": ct.default_threshold(width),
+        "threshold": default_threshold(width),
         "steps": args.steps,
         "ref_steps": ref_steps,
         "lr": lr,

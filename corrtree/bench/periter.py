@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
 from corrtree.engines import make_engine
-from corrtree.nets import init_weights
+from corrtree.nets import ShiftedReLUNet, init_weights
 from corrtree.training import take_step, thread_limit
 
 TOLERANCE = 1e-4
@@ -33,7 +32,7 @@ ENGINES = ("dense", "dtree", "wtree", "certified")
 
 
 def measure(engine, X, Y, W0, A0, dtype, steps, lr):
-    net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
+    net = ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     t0 = time.perf_counter()
     eng = make_engine(engine, net, X.astype(dtype))
     pre = time.perf_counter() - t0

@@ -11,19 +11,17 @@ import os
 import sys
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from corrtree import _io
+from corrtree.app.plots import plt, save
 
 
 def _fig():
-    from corrtree.app.plots import plt
-
     return plt.subplots(figsize=(5.6, 3.8))
 
 
 def sparsity(r, out):
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     m = [x["m"] for x in r["init"]]
     ax.loglog(m, [x["mean"] for x in r["init"]], "o", label="measured mean per point")
@@ -62,8 +60,6 @@ def sparsity(r, out):
 
 
 def preprocessing(r, out):
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     for s, mark in (("dtree", "o"), ("wtree", "s")):
         rows = [x for x in r["rows"] if x["structure"] == s]
@@ -84,8 +80,6 @@ def preprocessing(r, out):
 
 
 def periter(r, out):
-    from corrtree.app.plots import save
-
     paths = []
     for regime, spec in r["regimes"].items():
         fig, ax = _fig()
@@ -108,8 +102,6 @@ def periter(r, out):
 
 
 def dims(r, out):
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     for engine in ("halfspace", "dtree", "wtree", "dense"):
         rows = [x for x in r["rows"] if x["engine"] == engine]
@@ -133,10 +125,6 @@ def dims(r, out):
 
 
 def side_by_side(r, out, name):
-    from matplotlib.ticker import NullFormatter
-
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     res = r["results"]
     # Approximate methods (LSH, which report a recall) are grey and say so.
@@ -162,8 +150,6 @@ def epochs(r, out, name):
     """Test accuracy against wall time (preprocessing included) for both sides; the dense
     side's later epochs are extrapolated in time and drawn hollow, at corrtree's accuracy
     (the same trajectory: both are exact dense SGD on the same batches)."""
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     ours, dense = r["corrtree"], r["dense"]
     t = np.cumsum(ours["epoch_seconds"])
@@ -194,10 +180,6 @@ def epochs(r, out, name):
 
 def deep(r, out, name):
     """End-to-end seconds of each method per widths (PyTorch extrapolated from its sample)."""
-    from matplotlib.ticker import NullFormatter
-
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     labels, secs, colors = [], [], []
     for run in r["runs"]:
@@ -222,8 +204,6 @@ def deep(r, out, name):
 
 def distributed(r, out, name):
     """Mean step of one process and of k workers, per configuration."""
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     for c in r["configs"]:
         rows = c["rows"]
@@ -240,8 +220,6 @@ def distributed(r, out, name):
 
 def tta(r, out, name):
     """Test accuracy against training wall time (evaluation excluded), one line per method."""
-    from corrtree.app.plots import save
-
     fig, ax = _fig()
     for method, run in r["runs"].items():
         ax.plot(run["train_seconds"], run["test_accuracy"], ".-", ms=3, label=method)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, median_seconds, parse, parser
+from corrtree.nets import normalize_rows
+from corrtree.structures import CorrelationDTree, CorrelationWTree
 from corrtree.training import thread_limit
 
-STRUCTURES = {"dtree": ct.CorrelationDTree, "wtree": ct.CorrelationWTree}
+STRUCTURES = {"dtree": CorrelationDTree, "wtree": CorrelationWTree}
 
 
 def sweep(base: dict, values: dict) -> list[dict]:
@@ -47,7 +48,7 @@ def main(argv=None):
     with thread_limit(args.threads):
         for cfg in sweep(base, values):
             n, m, d = cfg["n"], cfg["m"], cfg["d"]
-            X = ct.normalize_rows(rng.standard_normal((n, d))).astype(np.float32)
+            X = normalize_rows(rng.standard_normal((n, d))).astype(np.float32)
             W = rng.standard_normal((m, d), dtype=np.float32)
             Z = X @ W.T
             for name, cls in STRUCTURES.items():

@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import (
     compile_certified,
     header,
@@ -32,7 +31,7 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import make_method, method_threads
 from corrtree.datasets import load_dataset
-from corrtree.nets import init_weights
+from corrtree.nets import ShiftedReLUNet, default_threshold, init_weights
 from corrtree.training import auto_lr, batch_schedule
 
 TOLERANCE = 1e-4
@@ -74,7 +73,7 @@ def main(argv=None):
     n = X.shape[0]
     lr = reference_lr(args.batch)
     if args.quick:  # digits at small m: the library's default step, stable there
-        lr = auto_lr(n, args.batch, ct.default_threshold(1 << widths[0]))
+        lr = auto_lr(n, args.batch, default_threshold(1 << widths[0]))
     batches = list(batch_schedule(n, args.batch, args.steps, args.seed))
     per_epoch = -(-n // args.batch)
     dense = "torch-tight"
@@ -93,13 +92,13 @@ def main(argv=None):
         )
         warm = [np.arange(8, dtype=np.int64)] * 2
         for name in ("auto", dense):  # compile and warm up on a few rows
-            net = ct.ShiftedReLUNet.from_weights(W0[:64].copy(), A0[:64].copy())
+            net = ShiftedReLUNet.from_weights(W0[:64].copy(), A0[:64].copy())
             timed_steps(name, net, X[:32], Y[:32], warm, lr, args.threads)
         print(f"m = 2^{k} ...", file=sys.stderr, flush=True)
-        net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
+        net = ShiftedReLUNet.from_weights(W0.copy(), A0.copy())
         pre, secs, loss, engine = timed_steps("auto", net, X, Y, batches, lr, args.threads)
         del net
-        net = ct.ShiftedReLUNet.from_weights(W0, A0)
+        net = ShiftedReLUNet.from_weights(W0, A0)
         _, dsecs, dloss, _ = timed_steps(
             dense, net, X, Y, batches[: args.check_steps], lr, args.threads
         )

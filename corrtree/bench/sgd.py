@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import (
     compile_certified,
     header,
@@ -43,14 +42,14 @@ from corrtree.bench._common import (
 )
 from corrtree.bench._methods import BASELINES, make_method, method_threads
 from corrtree.datasets import load_dataset
-from corrtree.nets import init_weights
+from corrtree.nets import ShiftedReLUNet, default_threshold, init_weights
 from corrtree.training import batch_schedule
 
 TOLERANCE = 1e-4
 
 
 def run_method(name, X, Y, W0, A0, dtype, batches, lr, progress, threads=2):
-    net = ct.ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
+    net = ShiftedReLUNet.from_weights(W0.astype(dtype), A0.astype(dtype))
     Xd, Yd = X.astype(dtype), Y.astype(dtype)
     reset_peak_rss()
     with method_threads(name, threads):
@@ -161,7 +160,7 @@ def main(argv=None):
         "n": int(data.n),
         "d": int(X.shape[1]),
         "m": width,
-        "threshold": ct.default_threshold(width),
+        "threshold": default_threshold(width),
         "batch": args.batch,
         "steps": len(batches),
         "lr": lr,

@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree import _io
 from corrtree.bench._common import header, loglog_slope, parse, parser, reference_lr
 from corrtree.datasets import load_dataset
-from corrtree.training import thread_limit
+from corrtree.nets import ShiftedReLUNet, default_threshold, firing_probability
+from corrtree.training import thread_limit, train
 
 
 def firing_counts(X32: np.ndarray, m: int, b: float, seed: int, block: int = 1 << 14):
@@ -55,8 +55,8 @@ def main(argv=None):
     with thread_limit(args.threads):
         for k in range(10 if not args.quick else 6, args.m_log2_max + 1):
             m = 1 << k
-            b = ct.default_threshold(m)
-            p_fire = ct.firing_probability(b)
+            b = default_threshold(m)
+            p_fire = firing_probability(b)
             t0 = time.perf_counter()
             c = firing_counts(X32, m, b, args.seed + k)
             row = {
@@ -80,7 +80,7 @@ def main(argv=None):
             )
         # During training: k_{i,t} against k_{i,0}.
         m = 1 << args.train_m_log2
-        net = ct.ShiftedReLUNet(data.d, m, seed=args.seed, dtype=np.float32)
+        net = ShiftedReLUNet(data.d, m, seed=args.seed, dtype=np.float32)
         b = net.threshold
 
         X64 = X32.astype(np.float64)
@@ -104,7 +104,7 @@ def main(argv=None):
             if (t + 1) % args.every == 0 or t + 1 == args.train_steps:
                 checkpoints[t + 1] = dense_counts(t + 1)
 
-        hist = ct.train(
+        hist = train(
             net,
             X32,
             data.y,
@@ -120,7 +120,7 @@ def main(argv=None):
         if t < hist.steps and abs(int(c.sum()) - hist.fired_pairs[t]) > near[t]
     ]
     pos = k0 > 0
-    train = {
+    trained = {
         "m": m,
         "steps": args.train_steps,
         "mean_per_point": [f / data.n for f in hist.fired_pairs[: args.train_steps + 1]],
@@ -149,9 +149,9 @@ def main(argv=None):
         "d": int(data.d),
         "init": init,
         "init_fitted_exponent": loglog_slope([r["m"] for r in init], [r["mean"] for r in init]),
-        "train": train,
+        "train": trained,
     }
-    last = train["checkpoints"][-1]
+    last = trained["checkpoints"][-1]
     print(
         f"fitted exponent of the mean count in m: {report['init_fitted_exponent']:.3f} "
         "(m p = m^(4/5) / sqrt(ln m) asymptotically)"
@@ -161,7 +161,7 @@ def main(argv=None):
         f"{last['mean_ratio_to_init']:.3f}, max k_t/k_0 {last['max_ratio_to_init']:.2f}, "
         f"max k_t {last['max']} vs m^(4/5) = {m**0.8:.0f}; "
         f"engine pairs == dense recount (up to pairs within rounding of b): "
-        f"{train['engine_matches_dense_counts']}"
+        f"{trained['engine_matches_dense_counts']}"
     )
     if args.out:
         _io.write_json(args.out, report)

@@ -31,12 +31,11 @@ import time
 
 import numpy as np
 
-import corrtree as ct
 from corrtree.bench._common import compile_certified, header, parse, parser, save
 from corrtree.datasets import load_dataset
 from corrtree.engines.certified import CertifiedEngine
-from corrtree.nets import init_weights
-from corrtree.training import batch_schedule
+from corrtree.nets import ShiftedReLUNet, default_threshold, init_weights
+from corrtree.training import batch_schedule, train
 
 METHODS = ("corrtree-adam", "torch-adam", "torch-adam-relu", "corrtree-paper")
 
@@ -116,7 +115,7 @@ def run_torch(name, W0, A0, X, labels, Xt, lt, threshold, scale, lr, batches, ev
 
 def run_corrtree(name, W0, A0, X, labels, Xt, lt, threshold, lr, batches, every, targets,
                  log, options, recipe):  # fmt: skip
-    net = ct.ShiftedReLUNet.from_weights(W0.copy(), A0.copy(), threshold)
+    net = ShiftedReLUNet.from_weights(W0.copy(), A0.copy(), threshold)
     out = {"eval_step": [], "test_accuracy": [], "train_seconds": []}
     steps = len(batches)
 
@@ -126,7 +125,7 @@ def run_corrtree(name, W0, A0, X, labels, Xt, lt, threshold, lr, batches, every,
     else:
         kw = {}
         y = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels]
-    hist = ct.train(
+    hist = train(
         net, X, y, steps=steps, lr=lr, batch_size=len(batches[0]), engine="auto",
         engine_options=options, eval=(Xt, lt if recipe == "adam" else np.eye(10)[lt]),
         eval_every=every, target_accuracy=max(targets) if targets else None, threads=2, **kw,
@@ -165,8 +164,8 @@ def check_exact(X, labels, width, threshold, batch, steps=3) -> float:
     sizes (the first points)."""
     Ws = []
     for engine in ("dense", "certified"):
-        net = ct.ShiftedReLUNet(X.shape[1], width, threshold, n_outputs=10)
-        ct.train(
+        net = ShiftedReLUNet(X.shape[1], width, threshold, n_outputs=10)
+        train(
             net, X, labels, steps=steps, batch_size=batch, engine=engine, loss="cross_entropy",
             optimizer="adam", train_output=True, lr=1e-3,
         )  # fmt: skip
@@ -211,7 +210,7 @@ def main(argv=None):
         print("PyTorch is not installed: the dense methods are skipped", file=sys.stderr)
     X, Xt = X.astype(np.float32), Xt.astype(np.float32)
     n, width = X.shape[0], 1 << args.m_log2
-    b = ct.default_threshold(width)
+    b = default_threshold(width)
     per_epoch = math.ceil(n / args.batch)
     batches = list(batch_schedule(n, args.batch, args.epochs * per_epoch, args.seed))
     W0, A0 = init_weights(X.shape[1], (0, width), n_outputs=10, seed=args.seed, dtype=np.float32)

@@ -14,7 +14,7 @@ __all__ = ["Cluster", "WorkerLostError", "call", "shard_ranges"]
 
 class WorkerLostError(StepperLost):
     """A worker process (or its node) died during training. ``step`` is the step that was
-    running; a run folder recovers from its last checkpoint (``corrtree.run``)."""
+    running; a run folder recovers from its last checkpoint (``corrtree.app.run``)."""
 
     def __init__(self, step: int | None, cause: BaseException):
         self.step = step

@@ -23,7 +23,7 @@ __all__ = ["DistributedStepper"]
 
 
 class DistributedStepper(Stepper):
-    """The training step of ``corrtree.train`` over a ``ShardedNet``: one round trip per
+    """The training step of ``corrtree.training.train`` over a ``ShardedNet``: one round trip per
     step (see the module docstring)."""
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 
 import numpy as np
@@ -136,6 +137,4 @@ class Shard:
         return self.engine.stats() if self.engine is not None else {}
 
     def peak_memory(self) -> int:
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

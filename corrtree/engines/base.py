@@ -1,9 +1,10 @@
 """The engine protocol, declared engine options, and the sparse step shared by the tree engines.
 
 An engine owns what makes it an engine: the structures that find firing pairs, and how it
-reads and writes the weights of its neurons. The training loop (``corrtree.train``) owns the
-step: it asks every engine for the partial outputs of a batch, sums them, forms the residuals
-and the loss, and hands the residuals back. One step is, for an engine ``eng``::
+reads and writes the weights of its neurons. The training step
+(``corrtree.training.take_step``) owns the step: it asks every engine for the partial
+outputs of a batch, sums them, forms the residuals and the loss, and hands the residuals
+back. One step is, for an engine ``eng``::
 
     firing = eng.detect(rows)          # the batch's firing pairs (engine-defined record)
     F = eng.forward(firing)            # (batch, C) outputs of this engine's neurons

@@ -24,6 +24,27 @@ __all__ = [
     "firing_probability",
     "init_weights",
     "layer_scale",
+    "make_network",
     "normalize_rows",
     "reference_step",
 ]
+
+
+def make_network(
+    d: int,
+    width: int | None = None,
+    widths=None,
+    *,
+    threshold=None,
+    seed: int = 0,
+    dtype="float64",
+    n_outputs: int = 1,
+) -> Network:
+    """A fresh network: ``ShiftedReLUMLP(d, widths, ...)`` when hidden layers ``widths`` are
+    given (``threshold``: one for all layers or one per layer), else the paper's
+    ``ShiftedReLUNet(d, width, ...)``."""
+    if widths is not None:
+        return ShiftedReLUMLP(
+            d, widths, n_outputs=n_outputs, thresholds=threshold, seed=seed, dtype=dtype
+        )
+    return ShiftedReLUNet(d, width, threshold, seed=seed, dtype=dtype, n_outputs=n_outputs)

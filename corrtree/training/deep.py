@@ -69,7 +69,8 @@ class DeepEngine:
 
     def step(self, Y: np.ndarray, lr: float, rows=None, loss=None) -> StepInfo:
         """One step on the batch ``rows`` (None: all points) for the targets Y; ``loss``: a
-        ``corrtree.losses.Loss`` (default squared), whose gradient starts the backward pass."""
+        ``corrtree.training.losses.Loss`` (default squared), whose gradient starts the
+        backward pass."""
         net, dt = self.net, self.net.dtype
         L, b = net.depth, [dt.type(t) for t in net.thresholds]
         lr_t = dt.type(lr)

@@ -104,7 +104,7 @@ def auto_lr(n: int, batch_size: int | None, threshold: float, depth: int = 1) ->
     decreased the loss at every step everywhere; 4 / (B p) oscillated on digits at
     m <= 2^12 (docs/engines.md). The paper-scale benchmarks set their own (400 / B). Each
     trained layer adds a term of about the same size to the kernel (with the initialisation of
-    ``corrtree.deep``), hence the 1 / L: on digits, 60 SGD steps of batch 256, widths
+    ``corrtree.nets.deep``), hence the 1 / L: on digits, 60 SGD steps of batch 256, widths
     (512, 256) and (2048, 1024), 2 / (B p L) reached 95.7% and 99.0% training accuracy;
     twice that diverged on (512, 256) (docs/deep.md)."""
     if n < 1:
@@ -168,12 +168,13 @@ def train(
 
     Give ``steps`` or ``epochs`` (an epoch is ceil(n / batch_size) steps; one step for full
     batch). The recipe: ``loss`` ("squared", the paper's; "cross_entropy", y then class
-    labels or one-hot rows; "logistic", 0/1 labels on one output; or a ``corrtree.losses.Loss``),
-    ``optimizer`` ("sgd", "adam" with torch.optim's defaults, or an object from
-    ``corrtree.optim``; Adam is lazy on the hidden weights, as ``torch.optim.SparseAdam``),
+    labels or one-hot rows; "logistic", 0/1 labels on one output; or a
+    ``corrtree.training.losses.Loss``), ``optimizer`` ("sgd", "adam" with torch.optim's
+    defaults, or an object from ``corrtree.training.optim``; Adam is lazy on the hidden
+    weights, as ``torch.optim.SparseAdam``),
     ``train_output`` (also train the output layer A, +-1 at initialisation) and ``lr``
     (default: 1e-3 for Adam, ``auto_lr`` for SGD), scaled at step t by ``schedule(t, steps)``
-    ("constant", "cosine", or a callable from ``corrtree.optim``).
+    ("constant", "cosine", or a callable from ``corrtree.training.optim``).
 
     ``engine``: a name in ``corrtree.ENGINES``, ``"auto"`` (the default: dense for small
     problems, else certified) or an ``Engine`` subclass; ``engine_options``: that engine's

@@ -216,7 +216,7 @@ def get_optimizer(optimizer) -> Optimizer:
         return OPTIMIZERS[optimizer]()
     raise ValueError(
         f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)} or an "
-        "Optimizer from corrtree.optim"
+        "Optimizer from corrtree.training.optim"
     )
 
 

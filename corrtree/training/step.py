@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ class Plan:
     engine_options: object = None
     threads: int | None = None
     max_memory: int | None = None
-    epochs: float = 1.0
+    epochs: float = math.inf  # planned length of the run (inf: unknown, long)
 
     @property
     def paper_step(self) -> bool:
@@ -218,7 +219,8 @@ def _planned(cls, engine, options, paper_step: bool, epochs: float):
 
 
 class EngineStepper(Stepper):
-    """A ``ShiftedReLUNet`` in one process: ``take_step`` on one engine."""
+    """A ``ShiftedReLUNet`` in one process: ``take_step`` on one engine (``engine``). Also
+    what the tests and benchmarks drive step by step (``advance``)."""
 
     def __init__(self, net, X, Y, plan: Plan):
         cls = engine_class(plan.engine, X.shape[0], net.width)
@@ -236,6 +238,9 @@ class EngineStepper(Stepper):
         return thread_limit(self.plan.threads)
 
     def step(self, t, rows, next_rows, has_next) -> StepInfo:
+        return self._take(rows)
+
+    def _take(self, rows) -> StepInfo:
         return take_step(
             self.engine,
             self.Y,
@@ -245,6 +250,12 @@ class EngineStepper(Stepper):
             optimizer=self.optimizer,
             train_output=self.plan.train_output,
         )
+
+    def advance(self, lr: float, rows=None) -> StepInfo:
+        """One step of size ``lr`` on ``rows`` (None: all points), outside the loop."""
+        self.lr = lr
+        with self.running():
+            return self._take(rows)
 
     def finite(self) -> bool:
         return self.engine.net.finite()
