@@ -20,6 +20,7 @@ from .nets import (
     firing_probability,
     normalize_rows,
 )
+from .nets.store import load_model as load
 from .structures import CorrelationDTree, CorrelationWTree
 from .training import History, train
 
@@ -35,6 +36,7 @@ __all__ = [
     "__version__",
     "default_threshold",
     "firing_probability",
+    "load",
     "normalize_rows",
     "train",
 ]

@@ -50,7 +50,7 @@ def _temp_beside(path: str, suffix: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=folder)
     except OSError as e:
         raise PathError(describe_oserror(e)) from None
     os.close(fd)
@@ -120,15 +120,32 @@ def check_writable(path: str) -> None:
 
 
 def clean_stale_tmp(folder: str) -> list[str]:
-    """Remove the temporary files that a killed writer left in ``folder``."""
+    """Remove the temporary files that a killed writer left in ``folder``: those whose
+    writer (the process id in the name, ``.tmp-PID-...``) is no longer running. A file of a
+    running process (another command writing there now) is left alone."""
     removed = []
     for p in glob.glob(os.path.join(folder, ".tmp-*")):
+        pid = os.path.basename(p).split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
         try:
             os.remove(p)
             removed.append(p)
         except OSError:
             pass
     return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has no write in progress when it cleans
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class FolderLock:

@@ -16,7 +16,16 @@ from ._io import PathError, describe_oserror, read_npz
 from ._validation import as_float_array, check_finite
 from .nets import normalize_rows
 
-__all__ = ["Dataset", "FASHION_MNIST_DIR", "binary_targets", "load_dataset", "read_idx"]
+__all__ = [
+    "TASKS",
+    "Dataset",
+    "FASHION_MNIST_DIR",
+    "binary_classes",
+    "binary_targets",
+    "load_dataset",
+    "positive",
+    "read_idx",
+]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {
@@ -25,15 +34,24 @@ _FASHION_FILES = {
 }
 
 
+TASKS = ("classification", "regression")
+
+
 @dataclass
 class Dataset:
-    """Inputs ``X`` (n, d) and targets ``y``. ``labels`` holds integer classes for
-    classification sets (None for regression)."""
+    """Inputs ``X`` (n, d) and targets ``y``. ``labels`` holds integer class codes 0..C-1 for
+    classification sets (None for regression), ``classes`` the label of each code as the
+    data gave it (for binary targets over more than two classes: the two groups' names)."""
 
     name: str
     X: np.ndarray
     y: np.ndarray
     labels: np.ndarray | None = None
+    classes: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.labels is None else "classification"
 
     @property
     def n(self) -> int:
@@ -45,7 +63,7 @@ class Dataset:
 
     @property
     def n_classes(self) -> int | None:
-        return None if self.labels is None else int(self.labels.max()) + 1
+        return None if self.classes is None else int(self.classes.size)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -70,17 +88,27 @@ def read_idx(path: str) -> np.ndarray:
     return body.reshape(shape)
 
 
-def binary_targets(labels: np.ndarray) -> np.ndarray:
-    """+1 for the lower half of the classes (0-4 of 10), -1 otherwise."""
-    C = int(labels.max()) + 1
-    return np.where(labels < (C + 1) // 2, 1.0, -1.0)
+def positive(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Which points are positive in a binary task: of two classes, the second (the larger
+    label: 1 of 0/1, +1 of -1/+1); of more, the lower half (0-4 of 10)."""
+    if n_classes <= 2:
+        return labels == 1
+    return labels < (n_classes + 1) // 2
 
 
-def _one_hot(labels: np.ndarray) -> np.ndarray:
-    C = int(labels.max()) + 1
-    Y = np.zeros((labels.size, C))
-    Y[np.arange(labels.size), labels] = 1.0
-    return Y
+def binary_targets(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """+1 for the positive points (``positive``), -1 for the others."""
+    C = int(labels.max()) + 1 if n_classes is None else n_classes
+    return np.where(positive(labels, C), 1.0, -1.0)
+
+
+def binary_classes(classes: np.ndarray) -> np.ndarray:
+    """The two classes of a binary task over ``classes`` (negative, positive)."""
+    if classes.size <= 2:
+        return classes
+    half = (classes.size + 1) // 2
+    lo, hi = classes[:half], classes[half:]
+    return np.array([f"{hi[0]}-{hi[-1]}", f"{lo[0]}-{lo[-1]}"])
 
 
 def _fashion_mnist(data_dir: str | None, split: str):
@@ -115,21 +143,36 @@ def _user_file(kind: str, path: str):
     return arrays["X"], arrays["y"]
 
 
-def _class_labels(y: np.ndarray) -> np.ndarray | None:
-    """Class codes 0..C-1 (in sorted order of the values) when y is one column of whole
-    numbers, as class labels are in npz (integers) and svmlight files (floats like 1.0 or
-    -1.0); None for real-valued targets."""
+def _whole(y: np.ndarray) -> bool:
+    """Whether y is one column of whole numbers (integers, or floats like 1.0 and -1.0 as
+    svmlight files write labels): class labels or integer-valued regression targets."""
     if y.ndim != 1 or y.size == 0:
-        return None
+        return False
     if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_):
-        pass
-    elif np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            return None
-    else:
-        return None
-    values, codes = np.unique(y, return_inverse=True)
-    return codes.astype(np.int64) if values.size <= max(2, y.size // 2) else None
+        return True
+    if np.issubdtype(y.dtype, np.floating):
+        return bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+    return False
+
+
+def _task_of(path: str, y: np.ndarray, task: str | None) -> str:
+    """The task of a user's file: as declared, else regression for targets that are not
+    whole numbers; whole numbers are refused undeclared (labels and counts look alike)."""
+    if task is not None:
+        if task == "classification" and not _whole(y):
+            raise ValueError(
+                f"{path}: --task classification needs class labels (whole numbers or "
+                "strings), but y holds real values"
+            )
+        return task
+    if not _whole(y) and y.dtype.kind in "fiub":
+        return "regression"
+    values = np.unique(y)
+    raise ValueError(
+        f"{path}: y holds {values.size} distinct whole values ({', '.join(map(str, values[:5]))}"
+        f"{', ...' if values.size > 5 else ''}): say whether they are classes or numbers "
+        "with --task classification or --task regression"
+    )
 
 
 def load_dataset(
@@ -142,6 +185,7 @@ def load_dataset(
     normalize: bool = True,
     targets: str = "onehot",
     split: str = "train",
+    task: str | None = None,
 ) -> Dataset:
     """Load a dataset by name.
 
@@ -149,13 +193,18 @@ def load_dataset(
     ``digits``, ``fashion-mnist``, ``svmlight:PATH`` or ``npz:PATH`` (arrays X and y).
     ``n`` keeps the first n points. ``normalize`` scales rows to unit norm (the default
     threshold assumes it). ``targets`` for classification sets: ``onehot`` (one output per
-    class) or ``binary`` (+1 for the lower half of the classes, -1 otherwise).
+    class) or ``binary`` (one output: +1 for the positive points, see ``positive``).
+    ``task``: "classification" or "regression"; None takes it from the data set (synthetic
+    is regression, digits and Fashion-MNIST classification, a file's real-valued targets
+    regression) and refuses to guess for a file whose targets are whole numbers.
     """
     if targets not in ("onehot", "binary"):
         raise ValueError(f"targets must be 'onehot' or 'binary', got {targets!r}")
+    if task not in (None, *TASKS):
+        raise ValueError(f"task must be classification or regression, got {task!r}")
     if n is not None and (isinstance(n, bool) or int(n) < 1):
         raise ValueError(f"n must be >= 1, got {n}")
-    labels = None
+    labels = classes = None
     if name == "synthetic":
         rng = np.random.default_rng(seed)
         count = 1000 if n is None else n
@@ -165,17 +214,21 @@ def load_dataset(
     elif name == "digits":
         X, labels = load_digits(return_X_y=True)
         X = X / 16.0
+        classes = np.arange(10)
     elif name == "fashion-mnist":
         if split not in _FASHION_FILES:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         X, labels = _fashion_mnist(data_dir, split)
+        classes = np.arange(10)
     elif name.startswith(("svmlight:", "npz:")):
         kind, path = name.split(":", 1)
         X, y = _user_file(kind, path)
         X = as_float_array(X, "X", 2)
         y = np.asarray(y)
-        labels = _class_labels(y)
-        if labels is None:
+        if _task_of(path, y, task) == "classification":
+            classes, labels = np.unique(y, return_inverse=True)
+            labels = labels.astype(np.int64)
+        else:
             y = as_float_array(y, "y", y.ndim)
             if y.shape[0] != X.shape[0]:
                 raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
@@ -190,14 +243,22 @@ def load_dataset(
         X = X[:n]
         labels = None if labels is None else labels[:n]
         y = None if labels is not None else y[:n]
+    own = "classification" if labels is not None else "regression"
+    if task is not None and task != own:
+        raise ValueError(f"{name} is a {own} data set, not {task}")
     if labels is not None:
         if labels.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but there are {labels.shape[0]} labels")
-        y = _one_hot(labels) if targets == "onehot" else binary_targets(labels)
+        C = classes.size
+        if targets == "onehot":
+            y = np.zeros((labels.size, C))
+            y[np.arange(labels.size), labels] = 1.0
+        else:
+            y = binary_targets(labels, C)
     X = np.ascontiguousarray(X, dtype=np.float64)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} holds no data: X has shape {X.shape}")
     check_finite(X, "X")
     if normalize:
         X = normalize_rows(X)
-    return Dataset(name, X, y, labels)
+    return Dataset(name, X, y, labels, classes)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from corrtree.app.cli import build_parser
+from corrtree.bench import BENCHMARKS
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")
 
@@ -46,3 +47,24 @@ def test_every_option_has_help():
         if a.option_strings and not a.help
     ]
     assert not missing, f"options without a help string: {missing}"
+
+
+def test_every_benchmark_is_in_the_bench_table():
+    table = set(re.findall(r"^\| `(\w+)` \|", _sections()["bench"], flags=re.M))
+    assert table == set(BENCHMARKS), (
+        f"docs/cli.md's bench table {sorted(table)} != the benchmarks {sorted(BENCHMARKS)}"
+    )
+
+
+def test_kernels_keep_ieee_comparisons():
+    """docs/design.md: fast-math only with its two harmless flags, never one that assumes
+    away NaN or infinities (the threshold comparisons must stay IEEE)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "corrtree", "_kernels")
+    bare = [
+        f"{f}: {line.strip()}"
+        for f in sorted(os.listdir(root))
+        if f.endswith(".py")
+        for line in open(os.path.join(root, f))
+        if "fastmath" in line and 'fastmath={"reassoc", "contract"}' not in line and "@njit" in line
+    ]
+    assert not bare, bare

@@ -29,7 +29,12 @@ FLOORS = {
 # The package's own __init__ (the public API) sits on top; its lazy attribute for the
 # estimators (scikit-learn is slow to import) is a function-local import of corrtree.
 # Figures need matplotlib, an optional extra: the run folder imports them when it draws.
-LAZY = {("corrtree", "corrtree.sklearn"), ("corrtree.app.run", "corrtree.app.plots")}
+# PyTorch is one too: a model's to_torch imports it when asked.
+LAZY = {
+    ("corrtree", "corrtree.sklearn"),
+    ("corrtree.app.run", "corrtree.app.plots"),
+    ("corrtree.nets.model", "corrtree.nets._torch"),
+}
 
 
 def _modules() -> dict[str, pathlib.Path]:

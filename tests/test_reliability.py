@@ -178,11 +178,12 @@ def test_dead_network_warns(tmp_path):
         "3",
         "--threshold",
         "1000",
+        "--quiet",
         "--out",
         tmp_path / "dead",
     )
     assert res.returncode == 0
-    assert "no neuron fires on any point" in res.stdout
+    assert "no neuron fires on any point" in res.stderr  # --quiet hides progress, not this
 
 
 # --- the catalogue of bad inputs: one line, exit 2, nothing lost ------------------------
@@ -353,3 +354,24 @@ def test_binary_accuracy_uses_the_datasets_classes():
     labels = np.array([0, 1, 2, 3])  # a batch that happens to hold only low classes
     outputs = np.array([[1.0], [1.0], [1.0], [1.0]])  # +1: the lower half of 10 classes
     assert accuracy(outputs, labels, "binary", n_classes=10) == 1.0
+
+
+def test_model_lost_when_the_fallback_fails_too(tmp_path, monkeypatch, capsys):
+    from corrtree.app import cli
+    from corrtree.app import run as run_mod
+
+    real = _io.write_npz
+
+    def failing(path, **arrays):
+        if "model" in os.path.basename(path):
+            raise OSError(28, "No space left on device", path)
+        return real(path, **arrays)
+
+    monkeypatch.setattr(run_mod._io, "write_npz", failing)
+    monkeypatch.setattr(run_mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    out = tmp_path / "r"
+    assert cli.main(["train", *SMALL, "--steps", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"could not be written to {out}" in err and "the trained weights are lost" in err
+    assert str(tmp_path / "corrtree-model-") in err and "No space left on device" in err

@@ -26,7 +26,7 @@ def test_sklearn_checks(estimator, check):
 def test_classifier_engines_agree(engine):
     X, y = load_digits(return_X_y=True)
     X, y = X[:300], y[:300]
-    kw = dict(width=1024, steps=8, lr=0.25, recipe="paper")
+    kw = dict(width=1024, steps=8, learning_rate=0.25, recipe="paper")
     ref = SparseReLUClassifier(**kw, engine="dense").fit(X, y)
     clf = SparseReLUClassifier(**kw, engine=engine).fit(X, y)
     np.testing.assert_allclose(clf.net_.W, ref.net_.W, rtol=1e-9, atol=1e-12)
@@ -38,7 +38,7 @@ def test_regressor_matches_train():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 4))
     y = rng.standard_normal(50)
-    reg = SparseReLURegressor(width=200, steps=3, lr=0.1, recipe="paper").fit(X, y)
+    reg = SparseReLURegressor(width=200, steps=3, learning_rate=0.1, recipe="paper").fit(X, y)
     net = ct.ShiftedReLUNet(4, 200, seed=0)
     Xn = ct.normalize_rows(X)
     ct.train(net, Xn, y, steps=3, lr=0.1, engine="dtree")
@@ -62,3 +62,22 @@ def test_classifier_adam_recipe_matches_train_and_gives_probabilities():
     assert clf.score(X, y) > 0.9
     with pytest.raises(ValueError, match="recipe must be"):
         SparseReLUClassifier(recipe="sgd").fit(X, y)
+
+
+def test_mlp_style_parameters_and_early_stopping(capsys):
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    clf = SparseReLUClassifier(width=512, epochs=2, batch_size=100).fit(X, y)
+    assert clf.n_iter_ == 8 and len(clf.loss_curve_) == 8  # 2 epochs of 4 batches
+    assert clf.loss_curve_ == clf.history_.loss
+    stop = SparseReLUClassifier(width=512, epochs=20, batch_size=80, learning_rate=0.05,
+                                early_stopping=True, validation_fraction=0.2,
+                                n_iter_no_change=2, verbose=True).fit(X, y)  # fmt: skip
+    h = stop.history_
+    assert stop.n_iter_ == h.steps < 80 and h.stopped == "patience"  # 320 points: 4 per epoch
+    assert len(stop.validation_scores_) == len(h.eval_step)
+    assert stop.best_validation_score_ == max(stop.validation_scores_)
+    # the best evaluated weights are kept: scoring the held-out points again gives the best
+    best = h.eval_step.index(h.best_step)
+    assert stop.validation_scores_[best] == stop.best_validation_score_
+    assert "train [" in capsys.readouterr().err  # verbose: a progress bar

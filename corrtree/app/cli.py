@@ -7,8 +7,10 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 import numpy as np
+from sklearn.datasets import load_svmlight_file
 
 from .. import _io
 from .. import hardness as H
@@ -16,11 +18,22 @@ from .._io import PathError, describe_oserror
 from .._version import __version__
 from ..bench import BENCHMARKS
 from ..bench import run as run_benchmark
-from ..datasets import load_dataset
+from ..datasets import Dataset, load_dataset
 from ..engines import ENGINES, engine_class
+from ..nets.store import load_model as load_saved_model
 from ..training import get_loss
 from .demo import demo
-from .run import RunConfig, accuracy, describe, held_out, load_model, run_training
+from .run import (
+    RUN_FILES,
+    RunConfig,
+    accuracy,
+    describe,
+    describe_folder,
+    prepare,
+    read_config,
+    read_metrics,
+    run_training,
+)
 
 _ERRORS = (
     ValueError,
@@ -40,6 +53,9 @@ _RUN_OPTIONS = (
     "d",
     "data_dir",
     "normalize",
+    "standardize",
+    "task",
+    "test_size",
     "targets",
     "width",
     "widths",
@@ -111,6 +127,25 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "default threshold assumes)",
     )
     g.add_argument(
+        "--standardize",
+        action="store_true",
+        help="scale each feature to zero mean and unit variance on the training points "
+        "before normalising rows (saved with the model, applied by predict)",
+    )
+    g.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="what y is (default: the data set's own; required for a file whose targets "
+        "are whole numbers, which could be classes or counts)",
+    )
+    g.add_argument(
+        "--test-size",
+        type=float,
+        metavar="F",
+        help="hold out this fraction of the points for testing (stratified, seeded; never "
+        "trained on or scored while training; predict --split test scores them)",
+    )
+    g.add_argument(
         "--targets",
         choices=("onehot", "binary"),
         default="onehot",
@@ -124,7 +159,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_widths,
         metavar="M1,M2,...",
         help="a deep network with hidden layers of these widths, e.g. 16384,16384 (--engine "
-        "then finds layer 1's firing pairs: auto, dense, certified, dtree, wtree or halfspace)",
+        "then finds layer 1's firing pairs: auto or any exact engine)",
     )
     g.add_argument("--threshold", type=float, help="ReLU shift b (default: sqrt(0.4 ln m))")
     g.add_argument("--steps", type=_positive, help="gradient steps (default: 20)")
@@ -241,11 +276,50 @@ def _config(args):
     return RunConfig(**fields)
 
 
+_UNSET = object()
+
+
+def _given(argv: list[str]) -> list[str]:
+    """The run options given on the command line ``argv``, whatever their values (an option
+    given with its default value is given)."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action.choices["train"].set_defaults(**dict.fromkeys(_RUN_OPTIONS, _UNSET))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return [k for k in _RUN_OPTIONS if getattr(args, k) is not _UNSET]
+
+
+def _new_run_folder(root: str = "runs") -> str:
+    """A fresh folder name under ``root``, from the time (with a suffix when taken)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out, k = os.path.join(root, stamp), 1
+    while os.path.lexists(out):
+        k += 1
+        out = os.path.join(root, f"{stamp}-{k}")
+    return out
+
+
+def _point_latest(out: str) -> None:
+    """``runs/latest`` -> the newest run folder made by default (a symlink, replaced
+    atomically)."""
+    root = os.path.dirname(out)
+    link = os.path.join(root, "latest")
+    if os.path.lexists(link) and not os.path.islink(link):
+        return  # a folder of an older layout named latest: left alone
+    tmp = os.path.join(root, f".latest-{os.getpid()}")
+    with contextlib.suppress(OSError):
+        os.symlink(os.path.basename(out), tmp)
+        os.replace(tmp, link)
+
+
 def cmd_train(args) -> int:
-    out = args.resume or args.out
+    fresh = not args.resume and args.out is None
+    out = args.resume or args.out or _new_run_folder()
     log = (lambda *a: None) if args.quiet else print
     if args.resume:
-        given = [k for k in _RUN_OPTIONS if getattr(args, k) != args.run_defaults[k]]
+        given = _given(args.argv)
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ValueError(
@@ -275,6 +349,8 @@ def cmd_train(args) -> int:
             progress=not args.quiet,
             log=log,
         )
+    if fresh:
+        _point_latest(out)
     print(describe(summary))
     model = "model.json + model.shards/" if summary.get("sharded") else "model.npz"
     print(
@@ -286,56 +362,70 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    path = os.path.join(args.dir, "metrics.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{args.dir} is not a corrtree run folder: no metrics.json")
-    cfg = _io.read_json(os.path.join(args.dir, "config.json"))
-    metrics = _io.read_json(path)
-    print(" ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
-    if "summary" in metrics:
+    if not os.path.exists(os.path.join(args.dir, "config.json")):
+        raise FileNotFoundError(f"{args.dir} is not a corrtree run folder: no config.json")
+    cfg = read_config(args.dir)
+    print(" ".join(f"{k}={v}" for k, v in cfg.as_dict().items() if v is not None))
+    metrics = read_metrics(args.dir)
+    if metrics is not None and "summary" in metrics:
         print(describe(metrics["summary"]))
         with contextlib.suppress(FileNotFoundError):
-            print(f"model              {load_model(args.dir)!r}")
+            model = load_saved_model(args.dir, default_normalize=cfg.normalize)
+            print(f"model              {model!r}")
     else:
-        print(
-            f"unfinished: {len(metrics['steps'])} steps recorded (resume with "
-            f"corrtree train --resume {args.dir})"
-        )
+        print(describe_folder(args.dir))
     return 0
 
 
 def cmd_predict(args) -> int:
-    cfg = RunConfig.from_dict(_io.read_json(os.path.join(args.dir, "config.json")))
-    net = load_model(args.dir)
+    cfg = read_config(args.dir)
+    model = load_saved_model(args.dir, default_normalize=cfg.normalize)
+    if args.data is not None:
+        if args.dataset is not None or args.split != "train" or args.n is not None:
+            raise ValueError("--data scores a file of its own: without --dataset, --split, --n")
+        X, y = read_points(args.data, model.n_features_in_)
+        print(f"scoring {X.shape[0]} points of {args.data}", file=sys.stderr)
+        outputs = model.outputs(X)
+        line = f"{args.data} ({X.shape[0]} points)"
+        if y is not None:
+            line += ": " + _score_labels(model, outputs, y)
+        print(line)
+        _save_predictions(args.save, model, outputs)
+        return 0
     name = args.dataset or cfg.dataset
     own = args.dataset is None  # the run's own data: its held-out points, if it kept any
-    test_split = args.split == "test" and name == "fashion-mnist"
-    kept = own and cfg.val_fraction is not None and not test_split
+    test_split = args.split == "test" and name == "fashion-mnist" and not cfg.test_size
+    kept = own and (cfg.val_fraction is not None or cfg.test_size is not None) and not test_split
     if args.split == "test" and not (test_split or kept):
         raise ValueError(
             f"--split test: {name} has no test split and the run held no points out; train "
-            "with --val-fraction F to keep some, or score other data with --dataset"
+            "with --test-size F to keep some, or score other data with --dataset or --data"
         )
-    data = load_dataset(
-        name,
-        # a test split is scored whole; the run's own --n applies to its training points
-        n=args.n if args.n is not None else (cfg.n if own and not test_split else None),
-        d=cfg.d,
-        seed=cfg.seed,
-        data_dir=args.data_dir or cfg.data_dir,
-        normalize=cfg.normalize,
-        targets=cfg.targets,
-        split="test" if test_split else "train",
-    )
     points = f"the {args.split} split"
-    if kept:  # the points the run trained on, or those it held out
-        data, (points, test) = held_out(cfg, data)
+    if kept:  # the run's own split: the points it trained on, or those it held out
+        parts = prepare(cfg)
+        data = parts.train
         if args.split == "test":
-            data = test
+            points, data = parts.test or parts.held
         else:
-            points = f"the training points, {cfg.val_fraction:g} held out excluded"
-    X = data.X.astype(net.dtype)
-    out = net.outputs(net.check_X(X))
+            points = "the training points (those held out excluded)"
+    else:
+        data = load_dataset(
+            name,
+            # a test split is scored whole; the run's own --n applies to its training points
+            n=args.n if args.n is not None else (cfg.n if own and not test_split else None),
+            d=cfg.d,
+            seed=cfg.seed,
+            data_dir=args.data_dir or cfg.data_dir,
+            normalize=False,
+            targets=cfg.targets,
+            split="test" if test_split else "train",
+            task=cfg.task,
+        )
+        data = Dataset(data.name, model.preprocess(data.X), data.y, data.labels, data.classes)
+    net = model.net
+    print(f"scoring {data.n} points of {data.name}", file=sys.stderr)
+    out = net.outputs(net.check_X(data.X.astype(net.dtype)))
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
     if Y.shape[1] != out.shape[1]:
         raise ValueError(
@@ -347,14 +437,99 @@ def cmd_predict(args) -> int:
     if data.labels is not None:
         line += f", accuracy={accuracy(out, data.labels, cfg.targets, data.n_classes):.4f}"
     print(line)
-    if args.save:
-        _io.write_npz(args.save, outputs=out)
-        print(f"outputs written to {args.save}")
+    _save_predictions(args.save, model, out)
     return 0
 
 
+def read_points(path: str, d: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw points (and targets, when the file has them) for a model of d features: .npz
+    (array X, y optional), svmlight (.svm, .svmlight, .libsvm: d features whatever the
+    file's last one), .csv (d columns, or d + 1 with y last)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data: {path} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        arrays = _io.read_npz(path, "npz data file (array X, y optional)")
+        if "X" not in arrays:
+            raise ValueError(f"{path} must hold an array 'X' (and optionally 'y')")
+        return arrays["X"], arrays.get("y")
+    if ext in (".svm", ".svmlight", ".libsvm"):
+        try:
+            X, y = load_svmlight_file(path, n_features=d)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"{path} is not a readable svmlight file for {d} features ({e})"
+            ) from None
+        return X.toarray(), y
+    if ext == ".csv":
+        try:
+            table = np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a CSV table of numbers ({e})") from None
+        if table.shape[1] == d:
+            return table, None
+        if table.shape[1] == d + 1:
+            return table[:, :d], table[:, d]
+        raise ValueError(
+            f"{path} has {table.shape[1]} columns; the model takes {d} features (then "
+            f"{d} columns, or {d + 1} with the target last)"
+        )
+    raise ValueError(f"--data {path}: expected .npz, .csv, or svmlight (.svm, .svmlight, .libsvm)")
+
+
+def _score_labels(model, outputs: np.ndarray, y) -> str:
+    """The score of the model's outputs against targets as the training data gave them."""
+    y = np.asarray(y)
+    if model.task == "regression":
+        Y = y.reshape(outputs.shape[0], -1).astype(np.float64)
+        if Y.shape[1] != outputs.shape[1]:
+            raise ValueError(f"y has {Y.shape[1]} columns but the model {outputs.shape[1]} outputs")
+        return f"mean squared error={float(np.mean((outputs - Y) ** 2)):.6g}"
+    known = np.isin(y, model.classes_)
+    if not known.all():
+        raise ValueError(
+            f"y holds labels the model was not trained on: {np.unique(y[~known])[:5]} (its "
+            f"classes: {model.classes_})"
+        )
+    pred = (
+        model.classes_[outputs.argmax(axis=1)]
+        if outputs.shape[1] > 1
+        else (model.classes_[(outputs[:, 0] > 0).astype(np.int64)])
+    )
+    return f"accuracy={float(np.mean(pred == y)):.4f}"
+
+
+def _save_predictions(path: str | None, model, outputs: np.ndarray) -> None:
+    """``--save``: outputs, predictions (labels or values) and, for classes, probabilities."""
+    if not path:
+        return
+    _check_save_path(path)
+    arrays = {"outputs": outputs}
+    if model.task == "classification":
+        arrays["predictions"] = (
+            model.classes_[outputs.argmax(axis=1)]
+            if outputs.shape[1] > 1
+            else model.classes_[(outputs[:, 0] > 0).astype(np.int64)]
+        )
+    else:
+        arrays["predictions"] = outputs[:, 0] if outputs.shape[1] == 1 else outputs
+    _io.write_npz(path, **arrays)
+    print(f"outputs and predictions written to {path}")
+
+
+def _check_save_path(path: str) -> None:
+    """Predictions never go over a run's own files (a model, a checkpoint, its config)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if os.path.exists(os.path.join(folder, "config.json")) and name in RUN_FILES:
+        raise FileExistsError(
+            f"--save {path}: {name} is a file of the run folder {folder}; write the "
+            "predictions elsewhere (e.g. predictions.npz)"
+        )
+
+
 def cmd_demo(args) -> int:
-    demo(args.out, steps=args.steps, width=args.width, quiet=args.quiet)
+    demo(args.out, steps=args.steps, width=args.width, quiet=args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -375,7 +550,7 @@ def cmd_hardness(args) -> int:
             f"{st['inner_products']} inner products, {st['nodes_visited']} nodes visited, "
             f"{st['seconds'] * 1e3:.1f} ms"
         )
-    sizes = [max(2, args.n >> k) for k in (3, 2, 1, 0)]
+    sizes = sorted({max(2, args.n >> k) for k in (3, 2, 1, 0)})
     print(f"\nWork per weight update on instances with no orthogonal pair (d = {args.d}):")
     print(
         f"  {'structure':9s} {'n':>7s} {'updates':>8s} {'inner products/update':>22s} "
@@ -389,6 +564,9 @@ def cmd_hardness(args) -> int:
                 f"{r['inner_products_per_update']:22.1f} {r['microseconds_per_update']:10.1f}"
             )
         ns = np.log([r["n"] for r in rows])
+        if len(set(ns)) < 2:
+            print(f"  {s}: one size only (--n {args.n}): no growth rate to fit")
+            continue
         slope = np.polyfit(ns, np.log([r["inner_products_per_update"] for r in rows]), 1)[0]
         print(f"  {s}: inner products per update grow as n^{slope:.2f}")
     print(
@@ -408,8 +586,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in the arguments are one line, as every other error: ``corrtree: error: ...``
+    with where to look, and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"corrtree: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="corrtree",
         description="Exact sparse training of wide shifted-ReLU layers with weight-data "
         "correlation trees.",
@@ -424,7 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.json, model.npz and PNG figures to --out.",
     )
     _add_train_options(t)
-    t.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    t.add_argument(
+        "--out",
+        help="run folder (default: a new runs/YYYYmmdd-HHMMSS, with runs/latest pointing at "
+        "the newest)",
+    )
     t.add_argument(
         "--overwrite",
         action="store_true",
@@ -437,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps or --epochs beyond what it did, extend a finished run",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    t.set_defaults(func=cmd_train, run_defaults={k: t.get_default(k) for k in _RUN_OPTIONS})
+    t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="print the summary of a run folder")
     i.add_argument("dir")
@@ -459,7 +649,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--n", type=_positive, help="use the first N points")
     r.add_argument("--data-dir", help="folder with Fashion-MNIST's files")
-    r.add_argument("--save", metavar="FILE.npz", help="write the outputs (array 'outputs')")
+    r.add_argument(
+        "--data",
+        metavar="FILE",
+        help="score or predict new points: .npz (X, y optional), .csv (features, then y "
+        "optionally), svmlight (.svm, .svmlight, .libsvm); the model's preprocessing applies",
+    )
+    r.add_argument(
+        "--save",
+        metavar="FILE.npz",
+        help="write the outputs and predictions (arrays 'outputs', 'predictions'); never "
+        "over a run's own files",
+    )
     r.set_defaults(func=cmd_predict)
 
     d = sub.add_parser(
@@ -471,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_positive, default=10, help="GD steps (default: 10)")
     d.add_argument("--width", type=_positive, default=1 << 16, help="neurons (default: 65536)")
     d.add_argument("--quiet", action="store_true", help="only the summary")
+    d.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier demo's results in --out"
+    )
     d.set_defaults(func=cmd_demo)
 
     h = sub.add_parser(
@@ -512,6 +716,36 @@ def error_message(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+class _Stdout:
+    """Standard output that a closed pipe (``corrtree train ... | head -1``) does not break:
+    what is left to print is dropped and the command carries on to its end."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, self._stream.fileno())  # nothing left to flush at exit either
+        self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 class Terminated(Exception):
     pass
 
@@ -530,13 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; every failure is one line ``corrtree: error: ...`` and exit 2
     (130 when interrupted, 143 when terminated). ``CORRTREE_DEBUG=1`` shows tracebacks."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     debug = os.environ.get("CORRTREE_DEBUG", "") not in ("", "0")
     _received.clear()
     try:
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread
         old = {}
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -557,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corrtree: error: {prefix}{error_message(e)}", file=sys.stderr)
         return 2
     finally:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()
+        sys.stdout = stdout
         for signum, handler in old.items():
             signal.signal(signum, handler)
 

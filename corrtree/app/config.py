@@ -22,6 +22,11 @@ class RunConfig:
     data_dir: str | None = None
     normalize: bool = True
     targets: str = "onehot"
+    # classification or regression; None: the data set's own (refused for a file whose
+    # targets are whole numbers, which could be either)
+    task: str | None = None
+    standardize: bool = False  # StandardScaler on the training points, before normalize
+    test_size: float | None = None  # a seeded, stratified fraction never trained on
     width: int = 4096
     threshold: float | None = None
     steps: int | None = None
@@ -115,6 +120,12 @@ class RunConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
             )
+        if self.task not in (None, "classification", "regression"):
+            raise ValueError(f"task must be classification or regression, got {self.task!r}")
+        if not isinstance(self.standardize, bool):
+            raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
+        if self.test_size is not None and not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
         if self.eval not in (None, "test"):
             raise ValueError(f"eval must be 'test' or None, got {self.eval!r}")
         if self.val_fraction is not None:
@@ -195,6 +206,9 @@ _LATER = {
     "eval_every": None,
     "target_accuracy": None,
     "patience": None,
+    "task": None,
+    "standardize": False,
+    "test_size": None,
 }
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..datasets import positive
+
 __all__ = ["accuracy", "describe", "summarize"]
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray, targets: str, n_classes: int) -> float:
     """Fraction of points classified right. ``n_classes`` is the dataset's (not the batch's):
-    with binary targets the positive class is the lower half of all classes."""
+    with binary targets, output > 0 predicts the positive points (``datasets.positive``)."""
     if targets == "binary" or outputs.shape[1] == 1:
-        truth = labels < (n_classes + 1) // 2
+        truth = positive(labels, n_classes)
         return float(np.mean((outputs[:, 0] > 0) == truth))
     return float(np.mean(outputs.argmax(axis=1) == labels))
 
@@ -24,7 +26,9 @@ def summarize(metrics: dict, net, n: int) -> dict:
     out = {
         "engine": metrics.get("engine"),
         "steps": len(steps),
-        "first_loss": steps[0]["loss"] if steps else None,
+        # the loss over every training point before and after training (older runs: the
+        # first step's batch)
+        "first_loss": metrics.get("initial_loss", steps[0]["loss"] if steps else None),
         "final_loss": metrics["final_loss"],
         "median_step_seconds": float(np.median(per_step)) if per_step else None,
         "preprocess_seconds": float(sum(metrics["preprocess_seconds"])),
@@ -53,7 +57,8 @@ def describe(summary: dict) -> str:
     lines = [
         f"engine             {summary.get('engine')}",
         f"steps              {summary['steps']}",
-        f"loss               {summary['first_loss']:.6g} -> {summary['final_loss']:.6g}",
+        f"loss               {summary['first_loss']:.6g} -> {summary['final_loss']:.6g} "
+        "(all training points)",
     ]
     if "recipe" in summary:
         r = summary["recipe"]

@@ -6,7 +6,9 @@ Every file is written atomically. A run interrupted after a checkpoint resumes w
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,10 +19,10 @@ from sklearn.model_selection import train_test_split
 
 from .. import _io
 from .._validation import check_memory
-from ..datasets import Dataset, load_dataset
+from ..datasets import Dataset, binary_classes, load_dataset
 from ..distributed import Cluster, ShardedNet, WorkerLostError
 from ..engines import engine_class
-from ..nets import make_network, store
+from ..nets import Model, Preprocess, make_network, store
 from ..nets.store import load_folder as load_model
 from ..training import Adam, DivergenceError, auto_lr, get_loss, get_optimizer, train
 from .config import RunConfig, RunFinished, adam_lr, config_hash
@@ -89,10 +91,41 @@ def _check_run_config(path: str) -> None:
         )
 
 
-def _read_config(out: str) -> RunConfig:
+def read_metrics(out: str) -> dict | None:
+    """A run folder's metrics.json (None when there is none), checked to be one."""
+    path = os.path.join(out, "metrics.json")
+    if not os.path.exists(path):
+        return None
+    metrics = _io.read_json(path, "metrics file")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("steps"), list):
+        raise ValueError(f"{path} is not a corrtree metrics file (damaged?): no list of steps")
+    return metrics
+
+
+def describe_folder(out: str) -> str:
+    """One line on a run folder that has no finished summary: what state it is in, the same
+    words for ``info`` and ``train``."""
+    metrics = read_metrics(out) or {"steps": []}
+    if "diverged" in metrics:
+        d = metrics["diverged"]
+        return (
+            f"diverged at step {d['step']} (last finite loss {d['last_finite_loss']}); lower "
+            "--lr and train again with --overwrite"
+        )
+    done = len(metrics["steps"])
+    states = [f for f in store.STATE_FILES if os.path.exists(os.path.join(out, f))]
+    saved = ""
+    if states:
+        step = store.read_state(os.path.join(out, states[0]))["step"]
+        saved = f", {states[0]} at step {step}"
+    return f"unfinished: {done} steps recorded{saved} (continue it with --resume {out})"
+
+
+def read_config(out: str) -> RunConfig:
+    """A run folder's configuration, checked to be one."""
     path = os.path.join(out, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+        raise FileNotFoundError(f"{out} holds no run: {path} does not exist")
     raw = _io.read_json(path, "run configuration")
     if not isinstance(raw, dict):
         raise ValueError(
@@ -131,10 +164,21 @@ def run_training(
     ``callback(t, net, info)`` runs after each step is recorded.
     """
     opts = RunOptions(threads, workers, address, max_restarts, callback, progress, log)
-    with _io.FolderLock(out):
-        for p in _io.clean_stale_tmp(out):
-            log(f"removed {p}, a temporary file left by a killed run")
-        return _run_locked(out, cfg, resume, overwrite, steps, epochs, opts)
+    if resume and not os.path.isdir(out):
+        raise FileNotFoundError(f"cannot resume: {out} does not exist")
+    created = not os.path.exists(out)
+    try:
+        with _io.FolderLock(out):
+            for p in _io.clean_stale_tmp(out):
+                log(f"removed {p}, a temporary file left by a killed run")
+            return _run_locked(out, cfg, resume, overwrite, steps, epochs, opts)
+    except BaseException:
+        if created and os.path.isdir(out) and os.listdir(out) == [_io.FolderLock.NAME]:
+            # a run that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out, _io.FolderLock.NAME))
+                os.rmdir(out)
+        raise
 
 
 @dataclass
@@ -162,6 +206,7 @@ class _Start:
     metrics: dict
     optimizer_state: dict | None
     held_out: tuple | None
+    preprocess: Preprocess
 
 
 def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) -> dict:
@@ -169,7 +214,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
     state_path, state, metrics = None, None, {"steps": [], "preprocess_seconds": []}
     existing: list[str] = []
     if resume:
-        cfg = _read_config(out)
+        cfg = read_config(out)
         if steps is not None or epochs is not None:  # a longer run on the same schedule
             cfg = replace(cfg, steps=steps, epochs=epochs)
         for key in ("threads", "workers"):
@@ -181,6 +226,11 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
                 state_path = os.path.join(out, name)
                 state = store.read_state(state_path)
                 break
+        if state is not None and state["config_hash"] is None and "checkpoint" in state_path:
+            raise ValueError(
+                f"{state_path} carries no configuration hash: it cannot be shown to belong to "
+                f"the run configured in {out}/config.json; start a new run with --overwrite"
+            )
         if state is not None and state["config_hash"] is not None:
             if state["config_hash"] != config_hash(cfg):
                 raise ValueError(
@@ -191,22 +241,19 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
         cfg = cfg.validated()
         existing = [f for f in RUN_FILES + FIGURES if os.path.exists(os.path.join(out, f))]
         if existing and not overwrite:
+            metrics = read_metrics(out) if "config.json" in existing else None
+            if metrics is None or "summary" in metrics:
+                what = f"another run's results ({', '.join(existing)})"
+            else:
+                what = f"a run that did not finish: {describe_folder(out)}"
             raise FileExistsError(
-                f"{out} holds another run's results ({', '.join(existing)}); use --overwrite "
-                "to replace them, --resume to continue that run, or another --out"
+                f"{out} holds {what}; use --overwrite to replace it, --resume to continue "
+                "that run, or another --out"
             )
         if "config.json" in existing:
             _check_run_config(os.path.join(out, "config.json"))
-    data = load_dataset(
-        cfg.dataset,
-        n=cfg.n,
-        d=cfg.d,
-        seed=cfg.seed,
-        data_dir=cfg.data_dir,
-        normalize=cfg.normalize,
-        targets=cfg.targets,
-    )
-    data, held = held_out(cfg, data)
+    parts = prepare(cfg)
+    data, held = parts.train, parts.held
     Y = data.y if data.y.ndim == 2 else data.y[:, None]
     total = cfg.total_steps(data.n)
     start = 0
@@ -231,7 +278,9 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
         net = _make_net(cfg, data, Y, state_path, cluster)
         if state_path is not None:
             log(f"resuming {out} at step {start} of {total}")
-        begin = _Start(start, total, metrics, store.read_optimizer(out, state_path), held)
+        begin = _Start(
+            start, total, metrics, store.read_optimizer(out, state_path), held, parts.preprocess
+        )
         # Only now, with the data loaded, the memory checked and the network built, is the
         # old run's folder emptied: a run refused before this point leaves it as it was.
         for f in existing:
@@ -244,43 +293,79 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
             cluster.shutdown()
 
 
-def held_out(cfg: RunConfig, data):
-    """(training data, (which points, held-out Dataset) or None) as the config says: the
-    dataset's test split (``eval="test"``) or a seeded, stratified fraction of its points
-    (``val_fraction``; the same points every time for the same config and data)."""
+@dataclass
+class Prepared:
+    """A run's data as the configuration says: the training points; the points scored while
+    training (which points, Dataset) or None; the points held out for testing (never seen
+    while training) or None; and the preprocessing, fitted on the training points and
+    applied to all three."""
+
+    train: Dataset
+    held: tuple | None
+    test: tuple | None
+    preprocess: Preprocess
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load the run's data and split it, the same way every time for the same configuration:
+    ``test_size`` first (a seeded, stratified fraction held out for testing), then the
+    evaluation set (``eval="test"``: the dataset's test split; ``val_fraction``: a seeded,
+    stratified fraction of the rest). The preprocessing (``standardize``, ``normalize``) is
+    fitted on what remains, the training points."""
+    data = load_dataset(
+        cfg.dataset,
+        n=cfg.n,
+        d=cfg.d,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir,
+        normalize=False,
+        targets=cfg.targets,
+        task=cfg.task,
+    )
+    data, test = _split(data, cfg.test_size, cfg.seed, "--test-size", "held out for testing")
+    held = None
     if cfg.eval == "test":
         if cfg.dataset != "fashion-mnist":
             raise ValueError(
                 f"--eval test: the dataset {cfg.dataset!r} has no test split; hold out part "
                 "of it with --val-fraction F"
             )
-        test = load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            normalize=cfg.normalize,
-            targets=cfg.targets,
+        split = load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, normalize=False, targets=cfg.targets,
             split="test",
-        )
-        return data, (f"the test split ({test.n} points)", test)
-    if cfg.val_fraction is None:
+        )  # fmt: skip
+        held = (f"the test split ({split.n} points)", split)
+    else:
+        data, held = _split(data, cfg.val_fraction, cfg.seed, "--val-fraction", "held out")
+    prep = Preprocess.fit(data.X, normalize=cfg.normalize, standardize=cfg.standardize)
+
+    def apply(part):
+        if part is None:
+            return None
+        what, ds = part
+        return what, Dataset(ds.name, prep(ds.X), ds.y, ds.labels, ds.classes)
+
+    train = Dataset(data.name, prep(data.X), data.y, data.labels, data.classes)
+    return Prepared(train, apply(held), apply(test), prep)
+
+
+def _split(data: Dataset, fraction, seed, option: str, what: str):
+    """(the rest, (which points, the held-out part)): a seeded, stratified fraction."""
+    if fraction is None:
         return data, None
     try:
         keep, held = train_test_split(
-            np.arange(data.n),
-            test_size=cfg.val_fraction,
-            random_state=cfg.seed,
-            stratify=data.labels,
+            np.arange(data.n), test_size=fraction, random_state=seed, stratify=data.labels
         )
     except ValueError as e:
-        raise ValueError(f"--val-fraction {cfg.val_fraction}: {e}") from None
+        raise ValueError(f"{option} {fraction}: {e}") from None
     keep, held = np.sort(keep), np.sort(held)
 
     def part(rows):
         labels = None if data.labels is None else data.labels[rows]
-        return Dataset(data.name, data.X[rows], data.y[rows], labels)
+        return Dataset(data.name, data.X[rows], data.y[rows], labels, data.classes)
 
-    what = f"{cfg.val_fraction:g} of the points held out ({held.size})"
-    return part(keep), (what, part(held))
+    return part(keep), (f"{fraction:g} of the points {what} ({held.size})", part(held))
 
 
 def _make_net(cfg, data, Y, state_path, cluster):
@@ -326,8 +411,6 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
     start, total, metrics, log = begin.step, begin.total, begin.metrics, opts.log
     X = data.X.astype(net.dtype)
     _io.write_json(os.path.join(out, "config.json"), cfg.as_dict())
-    if start == 0:
-        metrics["fired_per_point_start"] = net.firing_counts(X)
     log(
         f"{data.name}: n={data.n}, d={data.d}, outputs={net.n_outputs}; "
         + (
@@ -340,6 +423,18 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
     )
     loss_name, opt_name, train_output = cfg.parts(data.labels is not None)
     loss = get_loss(loss_name)
+    targets = loss.targets(Y, X.shape[0], Y.shape[1], net.dtype)
+    if start == 0:  # the same points as the end's figures: every training point
+        log(f"scoring the {data.n} training points at initialisation")
+        outputs, metrics["fired_per_point_start"] = net.evaluate(X)
+        metrics["initial_loss"] = loss(outputs, targets)[0]
+    if _compiling():
+        log("first run after installing or changing corrtree: numba compiles its kernels at "
+            "their first call (about half a minute, cached afterwards)")  # fmt: skip
+    classes = data.classes
+    if classes is not None and cfg.targets == "binary":
+        classes = binary_classes(classes)
+    saved = store.model_state(Model(net, begin.preprocess, data.task, classes, loss_name))
     optimizer = get_optimizer(opt_name)
     if begin.optimizer_state is not None:
         optimizer.load_state_dict(begin.optimizer_state)
@@ -389,6 +484,7 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
                 step=done,
                 config_hash=chash,
                 optimizer=optimizer.state_dict(),
+                model=saved,
             )
         if opts.callback is not None:
             opts.callback(t, net, info)
@@ -468,20 +564,27 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
     # The trained model first, before anything optional: a folder that cannot take it sends
     # it to a fallback file that the error names.
     try:
-        store.save(net, out, "model", step=total, config_hash=chash)
+        store.save(net, out, "model", step=total, config_hash=chash, model=saved)
     except OSError as e:
         if net.sharded:
             raise
         fallback = os.path.join(
             tempfile.gettempdir(), f"corrtree-model-{os.getpid()}-{int(time.time())}.npz"
         )
-        store.save(net, out, "model", step=total, config_hash=chash, path=fallback)
-        raise _io.PathError(f"{e}; the trained model was saved to {fallback}") from None
+        try:
+            store.save(net, out, "model", step=total, config_hash=chash, path=fallback, model=saved)
+        except OSError as e2:
+            raise _io.PathError(
+                f"the trained model could not be written to {out} ({_say(e)}) nor to "
+                f"{fallback} ({_say(e2)}): "
+                "the trained weights are lost; free space and train again"
+            ) from None
+        raise _io.PathError(f"{_say(e)}; the trained model was saved to {fallback}") from None
     if optimizer.state:  # for extending the run exactly
         store.write_optimizer(out, optimizer.state_dict(), total, chash)
-    metrics["fired_per_point_end"] = net.firing_counts(X)
-    outputs = net.outputs(X)
-    metrics["final_loss"] = loss(outputs, loss.targets(Y, X.shape[0], Y.shape[1], net.dtype))[0]
+    log(f"scoring the {data.n} training points")
+    outputs, metrics["fired_per_point_end"] = net.evaluate(X)
+    metrics["final_loss"] = loss(outputs, targets)[0]
     if data.labels is not None:
         metrics["final_accuracy"] = accuracy(outputs, data.labels, cfg.targets, data.n_classes)
     summary = summarize(metrics, net, data.n)
@@ -492,9 +595,10 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
     for f in ("checkpoint.npz", "checkpoint.json", "checkpoint.shards"):
         store._remove(os.path.join(out, f))
     if summary["fired_fraction"] == 0:
-        log(
+        print(
             "warning: no neuron fires on any point at the end of training: the network "
-            "outputs 0 everywhere (lower --lr, keep inputs normalised, or lower --threshold)"
+            "outputs 0 everywhere (lower --lr, keep inputs normalised, or lower --threshold)",
+            file=sys.stderr,
         )
         summary["dead"] = True
     try:
@@ -508,6 +612,17 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
         summary["figures"] = []
         log(f"warning: figures not written: {_io.describe_oserror(e)}")
     return summary
+
+
+def _compiling() -> bool:
+    """Whether numba's cache holds no compiled kernel of corrtree's yet (the first call of
+    each kernel then compiles it)."""
+    cache = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_kernels", "__pycache__")
+    return not (os.path.isdir(cache) and any(f.endswith(".nbi") for f in os.listdir(cache)))
+
+
+def _say(e: OSError) -> str:
+    return str(e) if isinstance(e, _io.PathError) else _io.describe_oserror(e)
 
 
 def _done_steps(out: str) -> int:

@@ -3,7 +3,9 @@ that fail with the worker's own error, and the blocks of neurons each worker own
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 
 from .._validation import as_positive_int
@@ -58,6 +60,7 @@ class Cluster:
         if ray.is_initialized():
             return
         kw = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        handlers = _signal_handlers()
         if address is not None:
             _check_reachable(address)
             try:
@@ -70,6 +73,7 @@ class Cluster:
             except Exception as e:
                 raise RuntimeError(f"cannot start a local Ray cluster: {e}") from None
             self.owned = True
+        _restore(handlers)  # Ray installs its own; the caller's (the command line's) win
 
     @property
     def cpus(self) -> int:
@@ -85,6 +89,20 @@ class Cluster:
 
     def __exit__(self, *exc):
         self.shutdown()
+
+
+def _signal_handlers() -> dict:
+    try:
+        return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:
+        return {}
+
+
+def _restore(handlers: dict) -> None:
+    for s, h in handlers.items():
+        if h is not None:
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(s, h)
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:

@@ -16,7 +16,7 @@ from ..engines.base import PHASES, StepInfo
 from ..nets import ShiftedReLUNet
 from ..training.losses import Squared
 from ..training.step import Plan, Stepper, shard, stepper_for
-from .cluster import _ray, call
+from .cluster import Cluster, _ray, call
 from .net import ShardedNet
 
 __all__ = ["DistributedStepper"]
@@ -122,12 +122,19 @@ def _shard_net(net, workers, cluster, plan: Plan):
     """``net`` split over ``workers`` workers for one training run; the trained weights come
     back into ``net.W`` and the workers stop."""
     DistributedStepper.check(net, plan)
-    snet = ShardedNet.from_net(net, as_positive_int(workers or 1, "workers"), cluster)
+    workers = as_positive_int(workers or 1, "workers")
+    own = cluster is None
+    cluster = Cluster() if own else cluster
     try:
-        yield snet
-        net.W[...] = snet.gather().W
+        snet = ShardedNet.from_net(net, workers, cluster)
+        try:
+            yield snet
+            net.W[...] = snet.gather().W
+        finally:
+            snet.close()
     finally:
-        snet.close()
+        if own:  # a local Ray started for this run stops with it
+            cluster.shutdown()
 
 
 @shard.register(ShardedNet)

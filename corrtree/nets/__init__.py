@@ -12,11 +12,14 @@ from .base import (
     normalize_rows,
 )
 from .deep import ShiftedReLUMLP, layer_scale, reference_step
+from .model import Model, Preprocess
 from .twolayer import ShiftedReLUNet
 
 __all__ = [
     "INIT_BLOCK",
+    "Model",
     "Network",
+    "Preprocess",
     "ShiftedReLUMLP",
     "ShiftedReLUNet",
     "as_dtype",

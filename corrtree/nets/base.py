@@ -37,10 +37,15 @@ def firing_probability(threshold: float) -> float:
 
 
 def normalize_rows(X) -> np.ndarray:
-    """Scale each row of X to unit Euclidean norm (all-zero rows stay zero)."""
+    """Scale each row of X to unit Euclidean norm (all-zero rows stay zero), in X's float
+    dtype. Each row is first divided by its largest absolute entry, so that neither huge rows
+    (whose squares would overflow) nor tiny ones (whose squares would underflow) lose their
+    norm."""
     X = as_float_array(X, "X", 2)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1)
+    peak = np.max(np.abs(X), axis=1, keepdims=True) if X.shape[1] else np.zeros((len(X), 1))
+    Xs = X / np.where(peak > 0, peak, 1).astype(X.dtype)
+    norms = np.linalg.norm(Xs, axis=1, keepdims=True)
+    return Xs / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
 def init_weights(
@@ -136,6 +141,12 @@ class Network:
     def validate(self) -> None:
         """Raise a clear error when the weights cannot be trained as they are."""
 
+    def layers(self) -> list[np.ndarray]:
+        """The hidden layers' weights as the math writes them, W_l (m_l, m_(l-1)); with
+        ``A`` (m_L, C), ``thresholds`` and ``scale`` they are the whole network:
+        f(x) = scale * A^T h_L, h_l = max(W_l h_(l-1) - b_l, 0), h_0 = x."""
+        raise NotImplementedError(f"{type(self).__name__} is gathered first (gather())")
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """The named arrays the model store writes (live arrays, not copies)."""
         raise NotImplementedError(f"{type(self).__name__} is saved with save(), as shards")
@@ -144,6 +155,11 @@ class Network:
     def from_state(cls, state: dict, seed: int | None = None) -> Network:
         """The network of ``state_dict()`` (copies the arrays)."""
         raise NotImplementedError
+
+    def evaluate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs, firing counts) of already-checked inputs; kinds may do both in one
+        pass over the products."""
+        return self.outputs(X), self.firing_counts(X)
 
     def predict(self, X) -> np.ndarray:
         """Network outputs: (n,) for one output, (n, n_outputs) otherwise."""

@@ -135,6 +135,10 @@ class ShiftedReLUMLP(Network):
             raise IndexError(f"layer {l} out of range 1..{self.depth}")
         return self.W1 if l == 1 else self.Wt[l].T
 
+    def layers(self) -> list[np.ndarray]:
+        """[W_1, ..., W_L] as the math writes them (views of the stored layers)."""
+        return [self.weights(l) for l in range(1, self.depth + 1)]
+
     @property
     def width(self) -> int:
         """Units over all hidden layers."""

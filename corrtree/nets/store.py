@@ -27,6 +27,7 @@ from .. import _io
 from .._validation import check_memory
 from .base import Network
 from .deep import ShiftedReLUMLP
+from .model import Model, Preprocess
 from .twolayer import ShiftedReLUNet
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "commit_index",
     "load",
     "load_folder",
+    "load_model",
+    "model_state",
     "read_meta",
     "read_optimizer",
     "read_rows",
@@ -65,13 +68,17 @@ def save(
     config_hash: str = "",
     optimizer: dict | None = None,
     path: str | None = None,
+    model: dict | None = None,
 ) -> str:
     """Write ``net`` as ``kind`` ("model" or "checkpoint") in ``folder``: one .npz (at
     ``path`` when given), or shards and their index for a sharded network; the other form of
-    the same kind is removed. ``optimizer``: an optimizer's ``state_dict()``, saved with it.
-    Returns the path written."""
+    the same kind is removed. ``optimizer``: an optimizer's ``state_dict()``, saved with it;
+    ``model``: what makes it a ``Model`` (``model_state``: task, classes, loss,
+    preprocessing). Returns the path written."""
+    model = model or {}
     if net.sharded:
-        out = net.save(folder, kind, step=step, config_hash=config_hash)
+        meta = {k: np.asarray(v).tolist() for k, v in model.items()}
+        out = net.save(folder, kind, step=step, config_hash=config_hash, **meta)
         _remove(os.path.join(folder, f"{kind}.npz"))
         return out
     out = path or os.path.join(folder, f"{kind}.npz")
@@ -79,6 +86,7 @@ def save(
         out,
         **net.state_dict(),
         **{f"optim.{k}": v for k, v in (optimizer or {}).items()},
+        **model,
         format_version=np.array(VERSION),
         network=np.array(type(net).__name__),
         step=np.array(step),
@@ -114,6 +122,43 @@ def load(path: str) -> Network:
         return KINDS[name].from_state(state)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{path} holds an unusable model: {e}") from None
+
+
+def model_state(model: Model) -> dict[str, np.ndarray]:
+    """The arrays that make a network a ``Model``, saved beside its weights."""
+    out = {"task": np.array(model.task), "loss": np.array(model.loss)}
+    if model.classes_ is not None:
+        out["classes"] = np.asarray(model.classes_)
+    return {**out, **model.preprocess.state()}
+
+
+def load_model(path: str, *, default_normalize: bool = True) -> Model:
+    """The ``Model`` saved at ``path``: a run folder (its model, else its last checkpoint),
+    a model file or a shard index. Files written before models carried their task and
+    preprocessing load as regression models with ``default_normalize``."""
+    if os.path.isdir(path):
+        path = next(
+            (
+                os.path.join(path, f)
+                for f in ("model.json", "model.npz", "checkpoint.json", "checkpoint.npz")
+                if os.path.exists(os.path.join(path, f))
+            ),
+            None,
+        ) or _no_model(path)
+    net = load(path)
+    state = net.index if path.endswith(".json") else _io.read_npz(path, "corrtree model file")
+    task = str(np.asarray(state["task"])) if "task" in state else "regression"
+    classes = np.asarray(state["classes"]) if "classes" in state else None
+    loss = str(np.asarray(state["loss"])) if "loss" in state else "squared"
+    prep = Preprocess.from_state(state, default_normalize)
+    try:
+        return Model(net, prep, task, classes, loss)
+    except ValueError as e:
+        raise ValueError(f"{path} holds an unusable model: {e}") from None
+
+
+def _no_model(out: str):
+    raise FileNotFoundError(f"no model (model.npz, model.json) or checkpoint in {out}")
 
 
 def load_folder(out: str) -> Network:

@@ -150,6 +150,10 @@ class ShiftedReLUNet(Network):
     def thresholds(self) -> tuple[float]:
         return (self.threshold,)
 
+    def layers(self) -> list[np.ndarray]:
+        """The hidden layers' weights as the math writes them: [W (width, d)]."""
+        return [self._W]
+
     # --- outputs ----------------------------------------------------------------------------
     def hidden(self, X) -> np.ndarray:
         """Activations sigma_b(<w_r, x_i>), shape (n, width)."""
@@ -168,6 +172,20 @@ class ShiftedReLUNet(Network):
             np.matmul(Z, self._A, out=out[lo : lo + chunk])
         out *= scale
         return out
+
+    def evaluate(self, X: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs, firing counts) from one product X W^T per block of points."""
+        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        counts = np.empty(X.shape[0], dtype=np.int64)
+        b = self.dtype.type(self.threshold)
+        for lo in range(0, X.shape[0], chunk):
+            Z = matmul(X[lo : lo + chunk], self._W.T)
+            Z -= b
+            counts[lo : lo + chunk] = (Z > 0).sum(axis=1)
+            np.maximum(Z, 0, out=Z)
+            np.matmul(Z, self._A, out=out[lo : lo + chunk])
+        out *= self.dtype.type(self.scale)
+        return out, counts
 
     def firing_counts(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Neurons firing on each point, computed densely in blocks."""
