@@ -168,7 +168,9 @@ def test_read_idx_and_user_files(tmp_path):
 
     X = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
     np.savez(tmp_path / "d.npz", X=X, y=np.array([0, 1, 1]))
-    data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    with pytest.raises(ValueError, match="--task classification or --task regression"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")  # whole numbers: classes or counts?
+    data = load_dataset(f"npz:{tmp_path / 'd.npz'}", task="classification")
     np.testing.assert_allclose(data.X[0], [0.6, 0.8])
     assert data.n_classes == 2 and data.y.shape == (3, 2)
     (tmp_path / "s.svm").write_text("1.5 1:3 2:4\n-0.5 2:1\n")

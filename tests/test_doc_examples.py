@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 import corrtree as ct
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-FILES = ["README.md", *sorted(os.path.join("docs", f) for f in os.listdir(f"{ROOT}/docs"))]
+FILES = ["README.md", *sorted(f"docs/{f}" for f in os.listdir(f"{ROOT}/docs") if f.endswith(".md"))]
 SMALLER = [
     (r"1 << 2[0-9]", "256"),
     (r"1 << 1[0-9]", "256"),
@@ -26,10 +26,12 @@ SMALLER = [
 
 
 def _blocks():
+    out = []
     for name in FILES:
         text = open(os.path.join(ROOT, name)).read()
         for k, code in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.S)):
-            yield pytest.param(code, id=f"{name}:{k}")
+            out.append(pytest.param(code, id=f"{name}:{k}"))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,7 @@ def test_doc_block_runs(code, reader, monkeypatch):
         code = re.sub(pattern, small, code)
     monkeypatch.chdir(reader["root"])
     namespace = {k: v for k, v in reader.items() if k != "root"}
+    namespace["ct"] = ct  # the first block of a page imports it; later ones continue
     if "W" in code and "CorrelationDTree(W, X)" in code:
         namespace["X"] = ct.normalize_rows(reader["X"])
     exec(compile(code, "<doc block>", "exec"), namespace)

@@ -343,7 +343,7 @@ def test_svmlight_integer_labels_are_classes(tmp_path):
 
     lines = [f"{c} 1:{1 + i % 3} 2:{i % 5}" for i, c in enumerate([1, 2, 3, 1, 2, 3, 1, 2])]
     (tmp_path / "c.svm").write_text("\n".join(lines) + "\n")
-    data = load_dataset(f"svmlight:{tmp_path / 'c.svm'}")
+    data = load_dataset(f"svmlight:{tmp_path / 'c.svm'}", task="classification")
     assert data.n_classes == 3 and data.y.shape == (8, 3)
     np.testing.assert_array_equal(data.labels, [0, 1, 2, 0, 1, 2, 0, 1])
     (tmp_path / "r.svm").write_text("0.5 1:1\n1.25 1:2\n-3.5 2:1\n")

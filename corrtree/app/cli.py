@@ -378,6 +378,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.save:
+        _check_save_path(args.save)
     cfg = read_config(args.dir)
     model = load_saved_model(args.dir, default_normalize=cfg.normalize)
     if args.data is not None:

@@ -259,12 +259,15 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
     start = 0
     if state is not None:
         start = state["step"] if state["step"] is not None else _done_steps(out)
-        if start >= total:
+        metrics = read_metrics(out) or {"steps": [], "preprocess_seconds": []}
+        if start >= total and ("summary" in metrics or "checkpoint" in state_path):
             raise RunFinished(
                 f"the run in {out} is finished ({start} steps); give --steps or --epochs "
                 f"beyond {start} to extend it"
             )
-        metrics = _io.read_json(os.path.join(out, "metrics.json"), "metrics file")
+        if start >= total:  # stopped after saving its model, before its summary: finish it
+            log(f"{out}: the model of step {start} is saved but not its summary; writing it")
+            start = total
         metrics["steps"] = metrics["steps"][:start]
         for key in ("summary", "final_loss", "final_accuracy", "fired_per_point_end"):
             metrics.pop(key, None)
