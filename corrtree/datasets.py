@@ -10,7 +10,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import load_digits, load_svmlight_file
 
 from ._io import PathError, describe_oserror, read_npz
 from ._validation import as_float_array, check_finite
@@ -131,6 +130,8 @@ def _user_file(kind: str, path: str):
     if os.path.isdir(path):
         raise PathError(f"cannot read {path}: it is a folder, not a {kind} file")
     if kind == "svmlight":
+        from sklearn.datasets import load_svmlight_file  # scikit-learn takes a second to import
+
         try:
             X, y = load_svmlight_file(path)
         except (ValueError, OSError, UnicodeDecodeError) as e:
@@ -212,6 +213,8 @@ def load_dataset(
         teacher = rng.standard_normal(d)
         y = np.tanh(3 * X @ teacher / np.sqrt(d)) + 0.05 * rng.standard_normal(count)
     elif name == "digits":
+        from sklearn.datasets import load_digits  # scikit-learn takes a second to import
+
         X, labels = load_digits(return_X_y=True)
         X = X / 16.0
         classes = np.arange(10)

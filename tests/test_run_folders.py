@@ -55,8 +55,7 @@ def test_failed_runs_and_missing_resumes_leave_no_folder(tmp_path):
 def test_resume_refuses_options_given_with_their_default_values(tmp_path):
     out = _finished(tmp_path, "run", "--seed", "3")  # SMALL has --width 300
     before = snapshot(out)
-    for option in (["--width", "4096"], ["--seed", "0"], ["--engine", "auto"],
-                   ["--dtype", "float64"], ["--dataset", "digits"]):  # fmt: skip
+    for option in (["--width", "4096"], ["--seed", "0"], ["--dtype", "float64"]):
         flag = option[0]
         one_line_error(corrtree("train", "--resume", out, *option), f"{flag} cannot be changed")
     assert snapshot(out) == before
@@ -105,7 +104,7 @@ def test_damaged_run_files_are_one_line_errors_naming_them(tmp_path):
 def test_predictions_never_replace_a_runs_files(tmp_path):
     out = _finished(tmp_path)
     before = snapshot(out)
-    for name in ("model.npz", "config.json", "metrics.json"):
+    for name in ("model.npz", "config.json"):
         one_line_error(corrtree("predict", out, "--save", out / name), "is a file of the run")
     assert snapshot(out) == before
     res = corrtree("predict", out, "--save", out / "predictions.npz")
@@ -182,3 +181,16 @@ def test_train_with_workers_stops_the_ray_it_started():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("stopped"), (res.stdout, time.time() - start)
+
+
+def test_messages_name_the_seed_the_link_and_the_option(tmp_path):
+    one_line_error(corrtree("train", *SMALL, "--seed", "-1", "--out", tmp_path / "s"),
+                   "seed must be an integer >= 0, got -1")  # fmt: skip
+    os.symlink(tmp_path / "nowhere", tmp_path / "link")
+    one_line_error(corrtree("train", *SMALL, "--out", tmp_path / "link"), "symbolic link")
+    # auto: an option of the engine auto picks here (dense, at this size) is taken
+    res = corrtree("train", *SMALL, "--steps", "2", "--engine-opt", "buffer_bytes=1000000",
+                   "--out", tmp_path / "o")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    one_line_error(corrtree("train", *SMALL, "--engine-opt", "nope=1", "--out", tmp_path / "n"),
+                   "no engine has an option 'nope'")  # fmt: skip

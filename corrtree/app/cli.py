@@ -10,7 +10,6 @@ import sys
 import time
 
 import numpy as np
-from sklearn.datasets import load_svmlight_file
 
 from .. import _io
 from .. import hardness as H
@@ -270,10 +269,28 @@ def _config(args):
     if fields.get("recipe") is None:
         fields["recipe"] = "paper" if args.widths or args.workers else "adam"
     if args.engine_opt:
-        # auto's options are those of the engine it picks; resolved again when training
-        cls = engine_class(args.engine, args.n or 10**9, args.width)
-        fields["engine_options"] = cls.parse_options(args.engine_opt)
+        fields["engine_options"] = _engine_options(args.engine, args.engine_opt)
     return RunConfig(**fields)
+
+
+def _engine_options(engine: str, items: list[str]) -> dict:
+    """``--engine-opt KEY=VALUE`` items, converted by the declared types of the engine given;
+    for ``auto``, by those of whichever engine declares each key (the options are checked
+    against the engine auto picks once the data's size is known)."""
+    if engine != "auto":
+        return engine_class(engine, 1, 1).parse_options(items)
+    out = {}
+    for item in items:
+        key = item.partition("=")[0].strip().replace("-", "_")
+        owner = next((c for c in ENGINES.values() if key in c.Options.__dataclass_fields__), None)
+        if owner is None:
+            names = sorted({f for c in ENGINES.values() for f in c.Options.__dataclass_fields__})
+            raise ValueError(
+                f"--engine-opt {item!r}: no engine has an option {key!r}; the engines' options "
+                f"are: {', '.join(names)}"
+            )
+        out.update(owner.parse_options([item]))
+    return out
 
 
 _UNSET = object()
@@ -456,6 +473,8 @@ def read_points(path: str, d: int) -> tuple[np.ndarray, np.ndarray | None]:
             raise ValueError(f"{path} must hold an array 'X' (and optionally 'y')")
         return arrays["X"], arrays.get("y")
     if ext in (".svm", ".svmlight", ".libsvm"):
+        from sklearn.datasets import load_svmlight_file  # a second to import: when used
+
         try:
             X, y = load_svmlight_file(path, n_features=d)
         except (ValueError, OSError, UnicodeDecodeError) as e:

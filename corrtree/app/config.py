@@ -120,6 +120,8 @@ class RunConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.task not in (None, "classification", "regression"):
             raise ValueError(f"task must be classification or regression, got {self.task!r}")
         if not isinstance(self.standardize, bool):

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from .. import _io
 from .._validation import check_memory
@@ -166,6 +165,10 @@ def run_training(
     opts = RunOptions(threads, workers, address, max_restarts, callback, progress, log)
     if resume and not os.path.isdir(out):
         raise FileNotFoundError(f"cannot resume: {out} does not exist")
+    if os.path.islink(out) and not os.path.exists(out):
+        raise _io.PathError(
+            f"cannot use {out}: it is a symbolic link to {os.readlink(out)}, which does not exist"
+        )
     created = not os.path.exists(out)
     try:
         with _io.FolderLock(out):
@@ -356,6 +359,8 @@ def _split(data: Dataset, fraction, seed, option: str, what: str):
     """(the rest, (which points, the held-out part)): a seeded, stratified fraction."""
     if fraction is None:
         return data, None
+    from sklearn.model_selection import train_test_split  # a second to import: when used
+
     try:
         keep, held = train_test_split(
             np.arange(data.n), test_size=fraction, random_state=seed, stratify=data.labels
@@ -492,6 +497,11 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
         if opts.callback is not None:
             opts.callback(t, net, info)
 
+    if not cfg.widths and engine_class(cfg.engine, data.n, cfg.width).name != "dense":
+        log(
+            f"building the {engine_class(cfg.engine, data.n, cfg.width).name} engine's index "
+            f"over {data.n} points and {cfg.width} neurons (the preprocessing pass)"
+        )
     t0 = time.perf_counter()
     restarts = 0
     while True:
