@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from .._io import PathError, describe_oserror
 from .._version import __version__
 from ..bench import BENCHMARKS
 from ..bench import run as run_benchmark
-from ..datasets import Dataset, load_dataset
+from ..datasets import load_dataset
 from ..engines import ENGINES, engine_class
 from ..nets.store import load_model as load_saved_model
 from ..training import get_loss
@@ -441,7 +442,7 @@ def cmd_predict(args) -> int:
             split="test" if test_split else "train",
             task=cfg.task,
         )
-        data = Dataset(data.name, model.preprocess(data.X), data.y, data.labels, data.classes)
+        data = replace(data, X=model.preprocess(data.X))
     net = model.net
     print(f"scoring {data.n} points of {data.name}", file=sys.stderr)
     out = net.outputs(net.check_X(data.X.astype(net.dtype)))
@@ -512,30 +513,15 @@ def _score_labels(model, outputs: np.ndarray, y) -> str:
             f"y holds labels the model was not trained on: {np.unique(y[~known])[:5]} (its "
             f"classes: {model.classes_})"
         )
-    pred = (
-        model.classes_[outputs.argmax(axis=1)]
-        if outputs.shape[1] > 1
-        else (model.classes_[(outputs[:, 0] > 0).astype(np.int64)])
-    )
-    return f"accuracy={float(np.mean(pred == y)):.4f}"
+    return f"accuracy={float(np.mean(model.predictions(outputs) == y)):.4f}"
 
 
 def _save_predictions(path: str | None, model, outputs: np.ndarray) -> None:
-    """``--save``: outputs, predictions (labels or values) and, for classes, probabilities."""
-    if not path:
-        return
-    _check_save_path(path)
-    arrays = {"outputs": outputs}
-    if model.task == "classification":
-        arrays["predictions"] = (
-            model.classes_[outputs.argmax(axis=1)]
-            if outputs.shape[1] > 1
-            else model.classes_[(outputs[:, 0] > 0).astype(np.int64)]
-        )
-    else:
-        arrays["predictions"] = outputs[:, 0] if outputs.shape[1] == 1 else outputs
-    _io.write_npz(path, **arrays)
-    print(f"outputs and predictions written to {path}")
+    """``--save`` (its path checked before scoring): the outputs and the predictions (class
+    labels, or values)."""
+    if path:
+        _io.write_npz(path, outputs=outputs, predictions=model.predictions(outputs))
+        print(f"outputs and predictions written to {path}")
 
 
 def _check_save_path(path: str) -> None:

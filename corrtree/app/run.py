@@ -349,9 +349,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         if part is None:
             return None
         what, ds = part
-        return what, Dataset(ds.name, prep(ds.X), ds.y, ds.labels, ds.classes)
+        return what, replace(ds, X=prep(ds.X))
 
-    train = Dataset(data.name, prep(data.X), data.y, data.labels, data.classes)
+    train = replace(data, X=prep(data.X))
     return Prepared(train, apply(held), apply(test), prep)
 
 
@@ -497,10 +497,11 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
         if opts.callback is not None:
             opts.callback(t, net, info)
 
-    if not cfg.widths and engine_class(cfg.engine, data.n, cfg.width).name != "dense":
+    engine = engine_class(cfg.engine, data.n, cfg.width).name
+    if not cfg.widths and engine != "dense":
         log(
-            f"building the {engine_class(cfg.engine, data.n, cfg.width).name} engine's index "
-            f"over {data.n} points and {cfg.width} neurons (the preprocessing pass)"
+            f"building the {engine} engine's index over {data.n} points and {cfg.width} "
+            "neurons (the preprocessing pass)"
         )
     t0 = time.perf_counter()
     restarts = 0

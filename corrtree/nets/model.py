@@ -122,7 +122,10 @@ class Model:
 
     def predict(self, X) -> np.ndarray:
         """Class labels (classification) or the outputs, (n,) for one output (regression)."""
-        F = self.outputs(X)
+        return self.predictions(self.outputs(X))
+
+    def predictions(self, F: np.ndarray) -> np.ndarray:
+        """``predict`` from already computed outputs F (n, n_outputs)."""
         if self.task == "regression":
             return F[:, 0] if F.shape[1] == 1 else F
         if F.shape[1] == 1:

@@ -137,14 +137,7 @@ def load_model(path: str, *, default_normalize: bool = True) -> Model:
     a model file or a shard index. Files written before models carried their task and
     preprocessing load as regression models with ``default_normalize``."""
     if os.path.isdir(path):
-        path = next(
-            (
-                os.path.join(path, f)
-                for f in ("model.json", "model.npz", "checkpoint.json", "checkpoint.npz")
-                if os.path.exists(os.path.join(path, f))
-            ),
-            None,
-        ) or _no_model(path)
+        path = _model_in(path)
     net = load(path)
     state = net.index if path.endswith(".json") else _io.read_npz(path, "corrtree model file")
     task = str(np.asarray(state["task"])) if "task" in state else "regression"
@@ -157,17 +150,18 @@ def load_model(path: str, *, default_normalize: bool = True) -> Model:
         raise ValueError(f"{path} holds an unusable model: {e}") from None
 
 
-def _no_model(out: str):
+def _model_in(out: str) -> str:
+    """The file of a run folder's network: the model, else the last checkpoint."""
+    for name in ("model.json", "model.npz", "checkpoint.json", "checkpoint.npz"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            return path
     raise FileNotFoundError(f"no model (model.npz, model.json) or checkpoint in {out}")
 
 
 def load_folder(out: str) -> Network:
     """The network saved in a run folder: the model, else the last checkpoint."""
-    for name in ("model.json", "model.npz", "checkpoint.json", "checkpoint.npz"):
-        path = os.path.join(out, name)
-        if os.path.exists(path):
-            return load(path)
-    raise FileNotFoundError(f"no model (model.npz, model.json) or checkpoint in {out}")
+    return load(_model_in(out))
 
 
 def read_state(path: str) -> dict:

@@ -162,16 +162,7 @@ class ShiftedReLUNet(Network):
 
     def outputs(self, X: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """(n, n_outputs) outputs of already-checked inputs, in blocks of ``chunk`` points."""
-        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        scale = self.dtype.type(self.scale)
-        b = self.dtype.type(self.threshold)
-        for lo in range(0, X.shape[0], chunk):
-            Z = matmul(X[lo : lo + chunk], self._W.T)
-            Z -= b
-            np.maximum(Z, 0, out=Z)
-            np.matmul(Z, self._A, out=out[lo : lo + chunk])
-        out *= scale
-        return out
+        return self.evaluate(X, chunk)[0]
 
     def evaluate(self, X: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(outputs, firing counts) from one product X W^T per block of points."""
