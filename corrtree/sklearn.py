@@ -10,7 +10,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .nets import make_network, normalize_rows
+from .nets import Preprocess, make_network
 from .training import auto_lr, train
 
 __all__ = ["SparseReLUClassifier", "SparseReLURegressor"]
@@ -22,6 +22,10 @@ class _SparseReLUBase(BaseEstimator):
     """``width``: the hidden layer's width; ``widths`` = (m_1, ..., m_L) instead trains a deep
     shifted-ReLU network (``corrtree.nets.ShiftedReLUMLP``, ``threshold`` then applies to
     every layer, None: each layer's default).
+
+    Inputs go through ``preprocess_`` (a ``corrtree.nets.Preprocess`` fitted in ``fit``):
+    with ``standardize``, each feature centred and scaled as ``StandardScaler`` does on the
+    training points; with ``normalize`` (the default), each row then scaled to unit norm.
 
     ``recipe``: ``"adam"`` (cross-entropy for the classifier, squared loss for the regressor,
     a trained output layer, lazy Adam) or ``"paper"`` (squared loss, output layer fixed at
@@ -50,6 +54,7 @@ class _SparseReLUBase(BaseEstimator):
         batch_size: int | None = None,
         dtype: str = "float64",
         normalize: bool = True,
+        standardize: bool = False,
         threads: int | None = None,
         random_state: int = 0,
         recipe: str = "adam",
@@ -69,6 +74,7 @@ class _SparseReLUBase(BaseEstimator):
         self.batch_size = batch_size
         self.dtype = dtype
         self.normalize = normalize
+        self.standardize = standardize
         self.threads = threads
         self.random_state = random_state
         self.recipe = recipe
@@ -77,9 +83,14 @@ class _SparseReLUBase(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.verbose = verbose
 
-    def _inputs(self, X, reset: bool) -> np.ndarray:
-        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
-        return normalize_rows(X) if self.normalize else X
+    def _inputs(self, X) -> np.ndarray:
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self.preprocess_(X)
+
+    def _preprocessed(self, X) -> np.ndarray:
+        """The training points through the preprocessing fitted on them (``preprocess_``)."""
+        self.preprocess_ = Preprocess.fit(X, normalize=self.normalize, standardize=self.standardize)
+        return self.preprocess_(X)
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, loss: str, stratify=None):
         if self.recipe not in ("adam", "paper"):
@@ -149,14 +160,14 @@ class _SparseReLUBase(BaseEstimator):
 
     def _outputs(self, X) -> np.ndarray:
         check_is_fitted(self, "net_")
-        X = self._inputs(X, reset=False)
+        X = self._inputs(X)
         return self.net_.outputs(X.astype(self.net_.dtype))
 
 
 class SparseReLURegressor(RegressorMixin, _SparseReLUBase):
     """Regression with the shifted-ReLU network trained by a corrtree engine.
 
-    ``y`` may be (n,) or (n, k); inputs are scaled to unit norm unless ``normalize=False``.
+    ``y`` may be (n,) or (n, k).
     """
 
     def __sklearn_tags__(self):
@@ -168,7 +179,7 @@ class SparseReLURegressor(RegressorMixin, _SparseReLUBase):
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True
         )
-        X = normalize_rows(X) if self.normalize else X
+        X = self._preprocessed(X)
         Y = np.asarray(y, dtype=np.float64)
         self._single = Y.ndim == 1
         return self._fit(X, Y.reshape(Y.shape[0], -1), "squared")
@@ -184,7 +195,7 @@ class SparseReLUClassifier(ClassifierMixin, _SparseReLUBase):
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        X = normalize_rows(X) if self.normalize else X
+        X = self._preprocessed(X)
         check_classification_targets(y)
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_

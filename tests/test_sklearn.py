@@ -81,3 +81,19 @@ def test_mlp_style_parameters_and_early_stopping(capsys):
     best = h.eval_step.index(h.best_step)
     assert stop.validation_scores_[best] == stop.best_validation_score_
     assert "train [" in capsys.readouterr().err  # verbose: a progress bar
+
+
+def test_standardize_is_fitted_on_the_training_points_and_applied_to_new_ones():
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    kw = dict(width=256, steps=30, batch_size=100)
+    clf = SparseReLUClassifier(**kw, standardize=True).fit(X[:400], y[:400])
+    pipe = make_pipeline(StandardScaler(), SparseReLUClassifier(**kw)).fit(X[:400], y[:400])
+    np.testing.assert_allclose(clf.net_.W, pipe[-1].net_.W, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(clf.predict(X[400:]), pipe.predict(X[400:]))
+    assert clf.score(X[400:], y[400:]) > 0.9
+    raw = SparseReLUClassifier(**kw).fit(X[:400], y[:400])
+    assert raw.score(X[400:], y[400:]) < clf.score(X[400:], y[400:])

@@ -164,3 +164,30 @@ def test_default_run_folders_are_fresh_and_latest_points_at_the_newest(tmp_path)
     assert len(runs) == 2
     assert os.readlink(tmp_path / "runs" / "latest") == runs[-1]
     assert ct.load(str(tmp_path / "runs" / "latest")).task == "classification"
+
+
+def test_long_passes_draw_progress_bars(tmp_path, monkeypatch, capsys):
+    """Index builds and scoring passes draw bars on stderr while switched on (``progress``,
+    the command line without --quiet); here every pass counts as long."""
+    from corrtree import _progress
+    from corrtree.app.cli import main
+
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    X, labels = load_digits(return_X_y=True)
+    X = ct.normalize_rows(X)
+    for engine, built in (("certified", "indexing"), ("dtree", "building the CorrelationDTree")):
+        net = ct.ShiftedReLUNet(64, 512, n_outputs=10, seed=0)
+        ct.train(net, X, labels, steps=2, batch_size=64, engine=engine, progress=True,
+                 loss="cross_entropy", eval=(X[:100], labels[:100]))  # fmt: skip
+        err = capsys.readouterr().err
+        assert built in err and f"train [{engine}]" in err and "scoring" in err, err
+        ct.train(net, X, labels, steps=1, engine=engine, loss="cross_entropy")
+        assert capsys.readouterr().err == ""  # progress off: nothing drawn
+    deep = ShiftedReLUMLP(64, [128, 64], n_outputs=10, seed=0)
+    with _progress.shown():
+        deep.predict(X)
+    assert "scoring" in capsys.readouterr().err
+    out = _trained(tmp_path)
+    data = _npz(tmp_path / "x.npz", X[:30] * 16)
+    assert main(["predict", str(out), "--data", str(data)]) == 0
+    assert "scoring" in capsys.readouterr().err

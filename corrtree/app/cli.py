@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import _io
+from .. import _io, _progress
 from .. import hardness as H
 from .._io import PathError, describe_oserror
 from .._version import __version__
@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in DIR from its last checkpoint with its own config; with "
         "--steps or --epochs beyond what it did, extend a finished run",
     )
-    t.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="print the summary of a run folder")
@@ -782,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         old = {}
     stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
-        return args.func(args)
+        with _progress.shown(not getattr(args, "quiet", False)):
+            return args.func(args)
     except KeyboardInterrupt:
         print("corrtree: interrupted", file=sys.stderr)
         return 130

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import _io
+from .. import _io, _progress
 from .._validation import check_memory
 from ..datasets import Dataset, binary_classes, load_dataset
 from ..distributed import Cluster, ShardedNet, WorkerLostError
@@ -174,7 +174,8 @@ def run_training(
         with _io.FolderLock(out):
             for p in _io.clean_stale_tmp(out):
                 log(f"removed {p}, a temporary file left by a killed run")
-            return _run_locked(out, cfg, resume, overwrite, steps, epochs, opts)
+            with _progress.shown(progress):
+                return _run_locked(out, cfg, resume, overwrite, steps, epochs, opts)
     except BaseException:
         if created and os.path.isdir(out) and os.listdir(out) == [_io.FolderLock.NAME]:
             # a run that failed before writing anything leaves no folder behind

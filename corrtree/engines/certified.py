@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import get_num_threads
 
-from .. import _bf16
+from .. import _bf16, _progress
 from .._blas import matmul
 from .._kernels import deep as K
 from .._kernels import sparse as S
@@ -311,27 +311,30 @@ class CertifiedEngine(Engine):
         ids = np.empty(0, dtype=np.int32)
         val = np.empty(0, dtype=net.dtype)
         fill = 0
-        for lo in range(0, self.n, P):
-            hi = min(self.n, lo + P)
-            parts = []  # point-major candidates of each chunk of neurons
-            for c0 in range(0, k, kb):
-                c1 = min(k, c0 + kb)
-                zb = Z[: (hi - lo) * (c1 - c0)].reshape(hi - lo, c1 - c0)
-                if split is None:
-                    zb = matmul(self.X[lo:hi], W[c0:c1].T, out=zb)
-                    parts.append((*S.extract_candidates(zb, b_low), c0))
-                else:
-                    # the bit patterns of positive bfloat16 numbers order as the numbers do
-                    zb = split.block(lo, hi, W3T[:, c0:c1], zb)
-                    bptr, bids, bbits = S.extract_candidates(zb, above)
-                    parts.append((bptr, bids, S.bf16_upper_bounds(bbits, c_abs, c_rel), c0))
-            bptr, bids, bval = parts[0][:3] if len(parts) == 1 else _join_chunks(parts)
-            ids = _room(ids, fill, fill + bids.size, self.n / hi)
-            val = _room(val, fill, fill + bids.size, self.n / hi)
-            ids[fill : fill + bids.size] = bids
-            val[fill : fill + bids.size] = bval
-            ptr[lo + 1 : hi + 1] = fill + bptr[1:]
-            fill += bids.size
+        what = "indexing" if k == self.m else f"re-referencing {k} neurons"
+        with _progress.bar(self.n, what) as bar:
+            for lo in range(0, self.n, P):
+                hi = min(self.n, lo + P)
+                parts = []  # point-major candidates of each chunk of neurons
+                for c0 in range(0, k, kb):
+                    c1 = min(k, c0 + kb)
+                    zb = Z[: (hi - lo) * (c1 - c0)].reshape(hi - lo, c1 - c0)
+                    if split is None:
+                        zb = matmul(self.X[lo:hi], W[c0:c1].T, out=zb)
+                        parts.append((*S.extract_candidates(zb, b_low), c0))
+                    else:
+                        # the bit patterns of positive bfloat16 numbers order as the numbers do
+                        zb = split.block(lo, hi, W3T[:, c0:c1], zb)
+                        bptr, bids, bbits = S.extract_candidates(zb, above)
+                        parts.append((bptr, bids, S.bf16_upper_bounds(bbits, c_abs, c_rel), c0))
+                bptr, bids, bval = parts[0][:3] if len(parts) == 1 else _join_chunks(parts)
+                ids = _room(ids, fill, fill + bids.size, self.n / hi)
+                val = _room(val, fill, fill + bids.size, self.n / hi)
+                ids[fill : fill + bids.size] = bids
+                val[fill : fill + bids.size] = bval
+                ptr[lo + 1 : hi + 1] = fill + bptr[1:]
+                fill += bids.size
+                bar.update(hi - lo)
         return S.Pairs(
             ptr,
             ids[:fill].copy() if fill < 0.9 * ids.size else ids[:fill],

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .. import _progress
 from .._validation import as_float_array, as_positive_int, as_scalar
 from .base import Network, as_dtype, default_threshold, init_weights
 
@@ -171,17 +172,21 @@ class ShiftedReLUMLP(Network):
 
     def outputs(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        for lo in range(0, X.shape[0], chunk):
-            h = self.activations(X[lo : lo + chunk])[-1]
-            out[lo : lo + chunk] = (h @ self.A) * self.dtype.type(self.scale)
+        with _progress.bar(X.shape[0], "scoring") as bar:
+            for lo in range(0, X.shape[0], chunk):
+                h = self.activations(X[lo : lo + chunk])[-1]
+                out[lo : lo + chunk] = (h @ self.A) * self.dtype.type(self.scale)
+                bar.update(h.shape[0])
         return out
 
     def firing_counts(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Units firing on each point, over all layers."""
         out = np.zeros(X.shape[0], dtype=np.int64)
-        for lo in range(0, X.shape[0], chunk):
-            for h in self.activations(X[lo : lo + chunk]):
-                out[lo : lo + chunk] += (h > 0).sum(axis=1)
+        with _progress.bar(X.shape[0], "counting firing units") as bar:
+            for lo in range(0, X.shape[0], chunk):
+                for h in self.activations(X[lo : lo + chunk]):
+                    out[lo : lo + chunk] += (h > 0).sum(axis=1)
+                bar.update(min(chunk, X.shape[0] - lo))
         return out
 
     # --- state ------------------------------------------------------------------------------

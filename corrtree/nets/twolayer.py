@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .. import _progress
 from .._blas import matmul
 from .._validation import as_float_array, as_positive_int, as_scalar
 from .base import Network, as_dtype, default_threshold, init_weights
@@ -169,12 +170,14 @@ class ShiftedReLUNet(Network):
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         counts = np.empty(X.shape[0], dtype=np.int64)
         b = self.dtype.type(self.threshold)
-        for lo in range(0, X.shape[0], chunk):
-            Z = matmul(X[lo : lo + chunk], self._W.T)
-            Z -= b
-            counts[lo : lo + chunk] = (Z > 0).sum(axis=1)
-            np.maximum(Z, 0, out=Z)
-            np.matmul(Z, self._A, out=out[lo : lo + chunk])
+        with _progress.bar(X.shape[0], "scoring") as bar:
+            for lo in range(0, X.shape[0], chunk):
+                Z = matmul(X[lo : lo + chunk], self._W.T)
+                Z -= b
+                counts[lo : lo + chunk] = (Z > 0).sum(axis=1)
+                np.maximum(Z, 0, out=Z)
+                np.matmul(Z, self._A, out=out[lo : lo + chunk])
+                bar.update(Z.shape[0])
         out *= self.dtype.type(self.scale)
         return out, counts
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _progress
 from .._kernels import forest as K
 from .._validation import (
     FLOAT_DTYPES,
@@ -91,9 +92,11 @@ class _CorrelationForest:
         )
         chunk_bytes = as_positive_int(chunk_bytes, "chunk_bytes")
         step = max(1, chunk_bytes // (L * dtype.itemsize))  # trees built per block
-        for lo in range(0, R, step):
-            rows = np.arange(lo, min(R, lo + step))
-            self._build_rows(rows, self._correlate_rows(rows))
+        with _progress.bar(R, f"building the {type(self).__name__}", "tree") as bar:
+            for lo in range(0, R, step):
+                rows = np.arange(lo, min(R, lo + step))
+                self._build_rows(rows, self._correlate_rows(rows))
+                bar.update(rows.size)
         self._stats["trees_rebuilt"] = 0
 
     # --- orientation helpers -------------------------------------------------------------

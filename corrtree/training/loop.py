@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .. import _progress
 from .._validation import as_positive_int, as_scalar
 from ..engines.base import PHASES, StepInfo
 from ..nets import firing_probability
@@ -176,6 +177,9 @@ def train(
     (default: 1e-3 for Adam, ``auto_lr`` for SGD), scaled at step t by ``schedule(t, steps)``
     ("constant", "cosine", or a callable from ``corrtree.training.optim``).
 
+    ``progress``: a bar over the steps, and one over any other pass of the run longer than
+    two seconds (index build, held-out scoring) while it runs (``corrtree._progress``).
+
     ``engine``: a name in ``corrtree.ENGINES``, ``"auto"`` (the default: dense for small
     problems, else certified) or an ``Engine`` subclass; ``engine_options``: that engine's
     declared options (``engine_class(...).Options``). ``callback(t, net, info)`` runs after
@@ -258,15 +262,15 @@ def train(
         batch_size=batch_size,
         seed=seed,
         callback=callback,
-        progress=progress,
         start_step=start_step,
         schedule=schedule,
         evaluator=evaluator,
     )
-    if not sharding:
-        return _train(net, X, Y, plan, loop)
-    with shard(net, workers, cluster, plan) as target:
-        return _train(target, X, Y, plan, loop)
+    with _progress.shown(progress):
+        if not sharding:
+            return _train(net, X, Y, plan, loop)
+        with shard(net, workers, cluster, plan) as target:
+            return _train(target, X, Y, plan, loop)
 
 
 def _train(net, X, Y, plan: Plan, loop) -> History:
@@ -346,7 +350,6 @@ def _loop(
     batch_size,
     seed,
     callback,
-    progress,
     start_step,
     schedule,
     evaluator,
@@ -354,11 +357,7 @@ def _loop(
     name, preprocess = stepper.name, stepper.preprocess_seconds
     hist = History(engine=name, batch_size=batch_size, preprocess_seconds=preprocess)
     batches = batch_schedule(n, batch_size, steps, seed, start_step)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps - start_step, desc=f"train [{name}]", unit="step")
+    bar = _progress.bar(steps - start_step, f"train [{name}]", "step", delay=0, leave=True)
     watch = _DivergenceWatch(stepper.finite)
     lr = stepper.lr
     t = start_step - 1
@@ -379,14 +378,13 @@ def _loop(
             watch(t, info)
             clock += time.perf_counter() - t0
             hist.append(info)
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{info.loss:.4g}",
-                    fired=info.fired_pairs,
-                    changed=info.changed_neurons,
-                    refresh=False,
-                )
-                bar.update()
+            bar.set_postfix(
+                loss=f"{info.loss:.4g}",
+                fired=info.fired_pairs,
+                changed=info.changed_neurons,
+                refresh=False,
+            )
+            bar.update()
             if callback is not None:
                 callback(t, net, info)
             rows = following
@@ -398,8 +396,7 @@ def _loop(
             watch(t, None, final=True)
     finally:
         stepper.lr = lr
-        if bar is not None:
-            bar.close()
+        bar.close()
     if evaluator is not None and hist.stopped != "target":
         evaluator.restore_best()
     hist.stats = stepper.stats()
