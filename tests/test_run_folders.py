@@ -194,3 +194,46 @@ def test_messages_name_the_seed_the_link_and_the_option(tmp_path):
     assert res.returncode == 0, res.stderr
     one_line_error(corrtree("train", *SMALL, "--engine-opt", "nope=1", "--out", tmp_path / "n"),
                    "no engine has an option 'nope'")  # fmt: skip
+
+
+def test_a_run_killed_between_its_model_and_its_summary_is_finished_by_resume(
+    tmp_path, monkeypatch
+):
+    """The model is written, the kill lands before metrics.json gets its summary: info
+    describes the run, --resume writes the summary (the model as the straight run's), and
+    the run then extends."""
+    from corrtree import _io
+    from corrtree.app.cli import main
+    from corrtree.app.run import read_config
+
+    args = [*SMALL, "--steps", "6", "--checkpoint-every", "2", "--dtype", "float64"]
+    straight = _finished(tmp_path, "straight", *args[len(SMALL) :])
+    cfg = read_config(str(straight))
+    write_json = _io.write_json
+
+    def killed_at_the_summary(path, obj):
+        if "summary" in obj:
+            raise KeyboardInterrupt  # what SIGKILL leaves: the writes before, none after
+        write_json(path, obj)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(_io, "write_json", killed_at_the_summary)
+    from corrtree.app.run import run_training
+
+    try:
+        run_training(str(out), cfg, progress=False, log=lambda *a: None)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(_io, "write_json", write_json)
+    assert (out / "model.npz").exists() and (out / "checkpoint.npz").exists()
+    assert "summary" not in json.loads((out / "metrics.json").read_text())
+    info = corrtree("info", out)
+    assert info.returncode == 0 and "not a corrtree run folder" not in info.stdout, info.stdout
+    res = corrtree("train", "--resume", out)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["steps"] == 6 and not (out / "checkpoint.npz").exists()
+    with np.load(out / "model.npz") as got, np.load(straight / "model.npz") as want:
+        np.testing.assert_array_equal(got["W"], want["W"])
+    assert main(["train", "--resume", str(out), "--steps", "8", "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["summary"]["steps"] == 8

@@ -279,7 +279,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
     if cfg.workers:
         what += f" (each of {cfg.workers} workers)"
     check_memory(_estimate_bytes(cfg, data.n, data.d, Y.shape[1]), what)
-    cluster = Cluster(opts.address) if cfg.workers else None
+    cluster = Cluster(opts.address, notices=opts.progress) if cfg.workers else None
     net = None
     try:
         net = _make_net(cfg, data, Y, state_path, cluster)
@@ -534,20 +534,24 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
             break
         except WorkerLostError as e:
             restarts += 1
-            if restarts > opts.max_restarts:
-                raise WorkerLostError(
-                    e.step, RuntimeError(f"{e}; gave up after {opts.max_restarts} restarts")
-                ) from None
             # The newest state of this run: a checkpoint, else the model a resumed run
             # started from, else the seeded initialisation (step 0).
             found = [f for f in store.STATE_FILES if os.path.exists(os.path.join(out, f))]
             source = os.path.join(out, found[0]) if found else None
             start = store.read_state(source)["step"] if source is not None else 0
+            kept = f"step {start} is kept in {out}: continue with --resume {out}"
+            if restarts > opts.max_restarts:
+                why = f"{e}; gave up after {opts.max_restarts} restarts; {kept}"
+                raise WorkerLostError(e.step, RuntimeError(why)) from None
             log(
                 f"{e}; restarting every worker from step {start} ({restarts} of "
                 f"{opts.max_restarts} restarts)"
             )
-            net.restore(source)
+            try:
+                net.restore(source)
+            except WorkerLostError as again:  # the cluster itself is gone (its raylet died)
+                why = f"{e}; the cluster could not restart it either ({again}); {kept}"
+                raise WorkerLostError(e.step, RuntimeError(why)) from None
             metrics["steps"] = metrics["steps"][:start]
         except DivergenceError as e:
             metrics["diverged"] = {"step": e.step, "last_finite_loss": e.last_loss}
