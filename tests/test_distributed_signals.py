@@ -5,7 +5,6 @@ for bit where the uninterrupted run ends."""
 
 import os
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from test_reliability import COMMAND, corrtree  # noqa: E402
+from test_reliability import corrtree, started_until  # noqa: E402
 
 from corrtree.nets.store import load_folder  # noqa: E402
 
@@ -65,16 +64,7 @@ def _alive(seen: dict[int, str]) -> list[int]:
 def _interrupted(out, sig):
     """A two-worker run sent ``sig`` after its first checkpoint; (returncode, stderr, the
     driver's descendants just before the signal)."""
-    proc = subprocess.Popen(
-        [*COMMAND, "train", *ARGS, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 180
-    while not (out / "checkpoint.json").exists() and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    proc = started_until(["train", *ARGS, "--out", out], out / "checkpoint.json")
     seen = _tree(proc.pid)
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]

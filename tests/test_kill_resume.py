@@ -4,13 +4,12 @@ the Adam recipe for the two-layer one, so the optimizer's state travels too)."""
 
 import os
 import signal
-import subprocess
 import time
 import zlib
 
 import numpy as np
 import pytest
-from test_reliability import COMMAND, corrtree
+from test_reliability import corrtree, started_until
 
 RUNS = {
     "two-layer": ["--width", "300", "--engine", "dense"],
@@ -40,18 +39,9 @@ def straight(tmp_path_factory):
 def test_killed_and_resumed_equals_straight(kind, sig, straight, tmp_path):
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{int(sig)}".encode()))
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [*COMMAND, "train", *COMMON, *RUNS[kind], "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     # somewhere after the first checkpoint exists: while training, or (rarely) after the
     # model is saved, when resume writes the summary the kill cut off
-    deadline = time.time() + 120
-    while not (out / "checkpoint.npz").exists() and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.02)
+    proc = started_until(["train", *COMMON, *RUNS[kind], "--out", out], out / "checkpoint.npz")
     time.sleep(rng.uniform(0, 0.3))
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +35,19 @@ def corrtree(*args, env=None, cwd=None):
         cwd=cwd,
         timeout=300,
     )
+
+
+def started_until(args, path, timeout=180):
+    """The console script started with ``args`` (stderr piped), returned once ``path``
+    exists (or the process ended)."""
+    proc = subprocess.Popen(
+        [*COMMAND, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and proc.poll() is None:
+        assert time.time() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+    return proc
 
 
 def one_line_error(res, *needles):
