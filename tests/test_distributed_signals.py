@@ -17,7 +17,7 @@ from test_reliability import corrtree, started_until  # noqa: E402
 from corrtree.nets.store import load_folder  # noqa: E402
 
 ARGS = ["--dataset", "digits", "--workers", "2", "--width", "300", "--engine", "dense",
-        "--dtype", "float64", "--steps", "400", "--batch-size", "64",
+        "--dtype", "float64", "--steps", "200", "--batch-size", "64",
         "--checkpoint-every", "7", "--quiet"]  # fmt: skip
 
 

@@ -2,8 +2,10 @@
 that answers every bad input with one line and exit code 2 (run through the real console
 script, as a user runs it)."""
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -35,6 +37,17 @@ def corrtree(*args, env=None, cwd=None):
         cwd=cwd,
         timeout=300,
     )
+
+
+def in_process(*args):
+    """``corrtree ARGS`` run by the console script's own ``main`` in this process (no
+    interpreter start-up: for catalogues of refusals); returns what ``corrtree`` does."""
+    from corrtree.app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(map(str, args)))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def started_until(args, path, timeout=180):
@@ -204,44 +217,44 @@ def test_dead_network_warns(tmp_path):
 def test_bad_paths_and_files_are_one_line_errors(tmp_path, finished):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    one_line_error(corrtree("train", *SMALL, "--out", afile))
-    one_line_error(corrtree("train", *SMALL, "--out", afile / "sub"), "is a file, not a folder")
-    one_line_error(corrtree("train", *SMALL, "--out", tmp_path / ("x" * 300)), "too long")
-    one_line_error(corrtree("demo", "--out", afile, "--quiet"))
-    one_line_error(corrtree("train", *SMALL[:-1], "--dataset", f"npz:{tmp_path}"), "is a folder")
+    one_line_error(corrtree("train", *SMALL, "--out", afile))  # the real script once
+    one_line_error(in_process("train", *SMALL, "--out", afile / "sub"), "is a file, not a folder")
+    one_line_error(in_process("train", *SMALL, "--out", tmp_path / ("x" * 300)), "too long")
+    one_line_error(in_process("demo", "--out", afile, "--quiet"))
+    one_line_error(in_process("train", *SMALL[:-1], "--dataset", f"npz:{tmp_path}"), "is a folder")
     (tmp_path / "empty.npz").write_bytes(b"")
     one_line_error(
-        corrtree("train", "--dataset", f"npz:{tmp_path / 'empty.npz'}"), "not a readable"
+        in_process("train", "--dataset", f"npz:{tmp_path / 'empty.npz'}"), "not a readable"
     )
     np.savez(tmp_path / "zero.npz", X=np.zeros((0, 3)), y=np.zeros(0))
-    one_line_error(corrtree("train", "--dataset", f"npz:{tmp_path / 'zero.npz'}"), "no data")
+    one_line_error(in_process("train", "--dataset", f"npz:{tmp_path / 'zero.npz'}"), "no data")
     (tmp_path / "empty.svm").write_text("")
-    one_line_error(corrtree("train", "--dataset", f"svmlight:{tmp_path / 'empty.svm'}"))
+    one_line_error(in_process("train", "--dataset", f"svmlight:{tmp_path / 'empty.svm'}"))
     fm = tmp_path / "fm"
     fm.mkdir()
     (fm / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
     (fm / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     one_line_error(
-        corrtree("train", "--dataset", "fashion-mnist", "--data-dir", fm), "not a readable IDX"
+        in_process("train", "--dataset", "fashion-mnist", "--data-dir", fm), "not a readable IDX"
     )
     with gzip.open(fm / "train-images-idx3-ubyte.gz", "wb") as fh:
         fh.write(bytes([0, 0, 8, 3, 0, 0]))
-    one_line_error(corrtree("train", "--dataset", "fashion-mnist", "--data-dir", fm), "truncated")
+    one_line_error(in_process("train", "--dataset", "fashion-mnist", "--data-dir", fm), "truncated")
     broken = tmp_path / "broken"
     assert (
-        corrtree(
+        in_process(
             "train", *SMALL, "--steps", "4", "--checkpoint-every", "2", "--out", broken
         ).returncode
         == 0
     )
     (broken / "checkpoint.npz").write_bytes(b"PK\x03\x04trunc")
     os.remove(broken / "model.npz")
-    one_line_error(corrtree("train", "--resume", broken), "not a readable")
+    one_line_error(in_process("train", "--resume", broken), "not a readable")
     (broken / "config.json").write_text("[1, 2]")
-    one_line_error(corrtree("train", "--resume", broken), "expected an object")
-    one_line_error(corrtree("info", afile))
+    one_line_error(in_process("train", "--resume", broken), "expected an object")
+    one_line_error(in_process("info", afile))
     before = snapshot(finished)
-    res = corrtree("bench", "gd", "--quick", "--out", afile / "r.json")
+    res = in_process("bench", "gd", "--quick", "--out", afile / "r.json")
     one_line_error(res, "is a file, not a folder")
     assert "running" not in res.stderr  # refused before the benchmark ran
     assert snapshot(finished) == before

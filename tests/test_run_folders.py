@@ -10,7 +10,7 @@ import sys
 import time
 
 import numpy as np
-from test_reliability import COMMAND, SMALL, corrtree, one_line_error, snapshot
+from test_reliability import COMMAND, SMALL, corrtree, in_process, one_line_error, snapshot
 
 from corrtree import SparseReLURegressor
 
@@ -47,8 +47,8 @@ def test_overwrite_never_deletes_a_config_that_is_not_a_runs(tmp_path):
 
 
 def test_failed_runs_and_missing_resumes_leave_no_folder(tmp_path):
-    one_line_error(corrtree("train", "--resume", tmp_path / "none"), "does not exist")
-    one_line_error(corrtree("train", "--dataset", "npz:/nowhere.npz", "--out", tmp_path / "new"))
+    one_line_error(in_process("train", "--resume", tmp_path / "none"), "does not exist")
+    one_line_error(in_process("train", "--dataset", "npz:/nowhere.npz", "--out", tmp_path / "new"))
     assert not (tmp_path / "none").exists() and not (tmp_path / "new").exists()
 
 
@@ -57,7 +57,7 @@ def test_resume_refuses_options_given_with_their_default_values(tmp_path):
     before = snapshot(out)
     for option in (["--width", "4096"], ["--seed", "0"], ["--dtype", "float64"]):
         flag = option[0]
-        one_line_error(corrtree("train", "--resume", out, *option), f"{flag} cannot be changed")
+        one_line_error(in_process("train", "--resume", out, *option), f"{flag} cannot be changed")
     assert snapshot(out) == before
 
 
@@ -94,18 +94,18 @@ def test_info_and_train_describe_an_unfinished_or_diverged_run_alike(tmp_path):
 def test_damaged_run_files_are_one_line_errors_naming_them(tmp_path):
     out = _finished(tmp_path)
     (out / "config.json").write_text("[1, 2]")
-    one_line_error(corrtree("info", out), "config.json", "not a run configuration")
-    one_line_error(corrtree("predict", out), "config.json", "not a run configuration")
+    one_line_error(in_process("info", out), "config.json", "not a run configuration")
+    one_line_error(in_process("predict", out), "config.json", "not a run configuration")
     out = _finished(tmp_path, "b")
     (out / "metrics.json").write_text("[1, 2]")
-    one_line_error(corrtree("info", out), "metrics.json", "not a corrtree metrics file")
+    one_line_error(in_process("info", out), "metrics.json", "not a corrtree metrics file")
 
 
 def test_predictions_never_replace_a_runs_files(tmp_path):
     out = _finished(tmp_path)
     before = snapshot(out)
     for name in ("model.npz", "config.json"):
-        one_line_error(corrtree("predict", out, "--save", out / name), "is a file of the run")
+        one_line_error(in_process("predict", out, "--save", out / name), "is a file of the run")
     assert snapshot(out) == before
     res = corrtree("predict", out, "--save", out / "predictions.npz")
     assert res.returncode == 0 and (out / "predictions.npz").exists()
@@ -184,15 +184,15 @@ def test_train_with_workers_stops_the_ray_it_started():
 
 
 def test_messages_name_the_seed_the_link_and_the_option(tmp_path):
-    one_line_error(corrtree("train", *SMALL, "--seed", "-1", "--out", tmp_path / "s"),
+    one_line_error(in_process("train", *SMALL, "--seed", "-1", "--out", tmp_path / "s"),
                    "seed must be an integer >= 0, got -1")  # fmt: skip
     os.symlink(tmp_path / "nowhere", tmp_path / "link")
-    one_line_error(corrtree("train", *SMALL, "--out", tmp_path / "link"), "symbolic link")
+    one_line_error(in_process("train", *SMALL, "--out", tmp_path / "link"), "symbolic link")
     # auto: an option of the engine auto picks here (dense, at this size) is taken
     res = corrtree("train", *SMALL, "--steps", "2", "--engine-opt", "buffer_bytes=1000000",
                    "--out", tmp_path / "o")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    one_line_error(corrtree("train", *SMALL, "--engine-opt", "nope=1", "--out", tmp_path / "n"),
+    one_line_error(in_process("train", *SMALL, "--engine-opt", "nope=1", "--out", tmp_path / "n"),
                    "no engine has an option 'nope'")  # fmt: skip
 
 
