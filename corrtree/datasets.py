@@ -14,6 +14,7 @@ import numpy as np
 from ._io import PathError, describe_oserror, read_npz
 from ._validation import as_float_array, check_finite
 from .nets import normalize_rows
+from .nets.model import TASKS
 
 __all__ = [
     "TASKS",
@@ -31,9 +32,6 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-
-
-TASKS = ("classification", "regression")
 
 
 @dataclass

@@ -303,9 +303,7 @@ def _given(argv: list[str]) -> list[str]:
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     action.choices["train"].set_defaults(**dict.fromkeys(_RUN_OPTIONS, _UNSET))
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.argv = argv
     return [k for k in _RUN_OPTIONS if getattr(args, k) is not _UNSET]
 
 

@@ -101,10 +101,10 @@ def read_metrics(out: str) -> dict | None:
     return metrics
 
 
-def describe_folder(out: str) -> str:
+def describe_folder(out: str, metrics: dict | None = None) -> str:
     """One line on a run folder that has no finished summary: what state it is in, the same
-    words for ``info`` and ``train``."""
-    metrics = read_metrics(out) or {"steps": []}
+    words for ``info`` and ``train`` (``metrics``: its metrics.json when already read)."""
+    metrics = metrics or read_metrics(out) or {"steps": []}
     if "diverged" in metrics:
         d = metrics["diverged"]
         return (
@@ -112,11 +112,10 @@ def describe_folder(out: str) -> str:
             "--lr and train again with --overwrite"
         )
     done = len(metrics["steps"])
-    states = [f for f in store.STATE_FILES if os.path.exists(os.path.join(out, f))]
+    state = store.state_in(out)
     saved = ""
-    if states:
-        step = store.read_state(os.path.join(out, states[0]))["step"]
-        saved = f", {states[0]} at step {step}"
+    if state is not None:
+        saved = f", {os.path.basename(state)} at step {store.read_state(state)['step']}"
     return f"unfinished: {done} steps recorded{saved} (continue it with --resume {out})"
 
 
@@ -225,11 +224,9 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
             if getattr(opts, key) is not None:
                 cfg = replace(cfg, **{key: getattr(opts, key)})
         cfg = cfg.validated()
-        for name in store.STATE_FILES:
-            if os.path.exists(os.path.join(out, name)):
-                state_path = os.path.join(out, name)
-                state = store.read_state(state_path)
-                break
+        state_path = store.state_in(out)
+        if state_path is not None:
+            state = store.read_state(state_path)
         if state is not None and state["config_hash"] is None and "checkpoint" in state_path:
             raise ValueError(
                 f"{state_path} carries no configuration hash: it cannot be shown to belong to "
@@ -249,7 +246,7 @@ def _run_locked(out, cfg, resume, overwrite, steps, epochs, opts: RunOptions) ->
             if metrics is None or "summary" in metrics:
                 what = f"another run's results ({', '.join(existing)})"
             else:
-                what = f"a run that did not finish: {describe_folder(out)}"
+                what = f"a run that did not finish: {describe_folder(out, metrics)}"
             raise FileExistsError(
                 f"{out} holds {what}; use --overwrite to replace it, --resume to continue "
                 "that run, or another --out"
@@ -536,8 +533,7 @@ def _train_run(out, cfg: RunConfig, data, Y, net, begin: _Start, opts: RunOption
             restarts += 1
             # The newest state of this run: a checkpoint, else the model a resumed run
             # started from, else the seeded initialisation (step 0).
-            found = [f for f in store.STATE_FILES if os.path.exists(os.path.join(out, f))]
-            source = os.path.join(out, found[0]) if found else None
+            source = store.state_in(out)
             start = store.read_state(source)["step"] if source is not None else 0
             kept = f"step {start} is kept in {out}: continue with --resume {out}"
             if restarts > opts.max_restarts:
@@ -645,5 +641,4 @@ def _say(e: OSError) -> str:
 
 
 def _done_steps(out: str) -> int:
-    path = os.path.join(out, "metrics.json")
-    return len(_io.read_json(path, "metrics file")["steps"]) if os.path.exists(path) else 0
+    return len((read_metrics(out) or {"steps": []})["steps"])

@@ -46,6 +46,7 @@ __all__ = [
     "read_state",
     "save",
     "shard_path",
+    "state_in",
     "write_optimizer",
     "write_shard",
 ]
@@ -103,7 +104,11 @@ def load(path: str) -> Network:
     index (``.json``), returned as a ``ShardedModel``."""
     if path.endswith(".json"):
         return ShardedModel(path)
-    state = _io.read_npz(path, "corrtree model file")
+    return _network(path, _io.read_npz(path, "corrtree model file"))
+
+
+def _network(path: str, state: dict) -> Network:
+    """The network of a model file's arrays (read from ``path``)."""
     missing = {"W", "a", "threshold"} - set(state)
     if missing:
         raise ValueError(f"{path} is not a corrtree model: it lacks {sorted(missing)}")
@@ -138,8 +143,12 @@ def load_model(path: str, *, default_normalize: bool = True) -> Model:
     preprocessing load as regression models with ``default_normalize``."""
     if os.path.isdir(path):
         path = _model_in(path)
-    net = load(path)
-    state = net.index if path.endswith(".json") else _io.read_npz(path, "corrtree model file")
+    if path.endswith(".json"):
+        net = ShardedModel(path)
+        state = net.index
+    else:  # the file read once, for the weights and what makes them a Model
+        state = _io.read_npz(path, "corrtree model file")
+        net = _network(path, state)
     task = str(np.asarray(state["task"])) if "task" in state else "regression"
     classes = np.asarray(state["classes"]) if "classes" in state else None
     loss = str(np.asarray(state["loss"])) if "loss" in state else "squared"
@@ -157,6 +166,15 @@ def _model_in(out: str) -> str:
         if os.path.exists(path):
             return path
     raise FileNotFoundError(f"no model (model.npz, model.json) or checkpoint in {out}")
+
+
+def state_in(out: str) -> str | None:
+    """The newest saved state of a run folder (its checkpoint, else its model), or None."""
+    for name in STATE_FILES:
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            return path
+    return None
 
 
 def load_folder(out: str) -> Network:
