@@ -55,7 +55,7 @@ def test_sharded_equals_single_process_every_step(cluster, rng, batch):
     kw = {"steps": 6, "lr": 0.05, "batch_size": batch, "engine": "certified", "seed": 3}
     ref_loss, ref_W = _trajectory(ct.ShiftedReLUNet(12, 301, seed=7, n_outputs=3), X, Y, **kw)
     assert ref_loss[-1] < ref_loss[0]
-    for workers in (1, 2, 3, 4):  # 301 neurons: uneven shards
+    for workers in (1, 3):  # 301 neurons: uneven shards (2 and 4 workers: the run folder test)
         snet = ShardedNet(12, 301, seed=7, n_outputs=3, workers=workers, cluster=cluster)
         try:
             loss, Ws = _trajectory(snet, X, Y, **kw)
